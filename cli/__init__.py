@@ -1,0 +1,1 @@
+"""Click command-line interface for rankscope (thin layer over the library)."""

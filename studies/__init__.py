@@ -1,0 +1,1 @@
+"""Study runners reproducing the paper's comparisons (thin layers over rankscope)."""
