@@ -262,7 +262,8 @@ def test_augment_deterministic_given_generator():
 def _loader(**kw) -> TensorLoader:
     x = _image(50, 3, 8, 8)
     y = torch.arange(50) % 7
-    args = dict(batch_size=8, shuffle=True, augment=AugmentConfig(2, True, 3), mean=(0.5,) * 3, std=(0.25,) * 3, seed=11)
+    args = dict(batch_size=8, shuffle=True, augment=AugmentConfig(2, True, 3), seed=11)
+    args.update(mean=(0.5,) * 3, std=(0.25,) * 3)
     args.update(kw)
     return TensorLoader(x, y, **args)
 
@@ -313,3 +314,16 @@ def test_loader_without_augment_is_normalised():
     (x, y), = list(loader.epoch(0))
     assert torch.allclose(x, normalize(_image(50, 3, 8, 8), (0.5,) * 3, (0.25,) * 3))
     assert torch.equal(y, torch.arange(50) % 7)
+
+
+def test_bad_resume_position_raises_now():
+    with pytest.raises(Exception, match="cannot start"):
+        _loader().epoch(0, start_batch=99)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_equal_cpu_batches():
+    cpu, gpu = list(_loader().epoch(1)), list(_loader(device="cuda").epoch(1))
+    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+        assert xg.is_cuda and torch.equal(yc, yg.cpu())
+        assert torch.allclose(xc, xg.cpu(), atol=1e-6)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -117,14 +118,8 @@ def extract_tarball(tarball: Path, root: Path, *, md5: str | None = CIFAR10_MD5)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"cannot extract {tarball} ({_one_line(err)}); delete it and download it again") from err
     finally:
-        _remove_tree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
     return root / CIFAR10_FOLDER
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class _BatchUnpickler(pickle.Unpickler):

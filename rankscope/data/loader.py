@@ -82,12 +82,11 @@ class TensorLoader:
         return perm.to(self.device)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield this rank's batches start_batch..len-1 of ``epoch``."""
+        """Iterator over this rank's batches start_batch..len-1 of ``epoch`` (arguments checked now)."""
         if epoch < 0 or not 0 <= start_batch <= len(self):
             raise ConfigError(f"cannot start at epoch {epoch}, batch {start_batch} of {len(self)}")
         order = self.order(epoch)
-        for b in range(start_batch, len(self)):
-            yield self.batch(order, epoch, b)
+        return (self.batch(order, epoch, b) for b in range(start_batch, len(self)))
 
     def batch(self, order: torch.Tensor, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of global batch ``index`` under ``order``."""
