@@ -35,9 +35,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 def _register() -> None:
     # Imported here, not at module import of the library, so `rankscope --help` stays cheap to
     # define; each module defines one click command.
-    from cli import spectrum
+    from cli import search, spectrum
 
     main.add_command(spectrum.spectrum)
+    main.add_command(search.search)
 
 
 _register()

@@ -1,0 +1,36 @@
+"""Click options generated from a frozen config dataclass: one option per field, same name.
+
+Options default to None so that only what the user typed overrides the preset and config file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import click
+
+_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int,
+          "float | None": float}
+
+
+def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
+    """Decorator adding ``--field-name`` for every field of dataclass ``cls``."""
+    def decorate(fn: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in skip:
+                continue
+            flag = f.name.replace("_", "-")
+            help_ = f"{f.metadata.get('help', '')} [default: {f.default}]".strip()
+            if f.type == "bool":
+                fn = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_)(fn)
+            else:
+                typ = _TYPES.get(str(f.type), str)
+                fn = click.option(f"--{flag}", f.name, type=typ, default=None, help=help_)(fn)
+        return fn
+    return decorate
+
+
+def overrides(cls: type, kwargs: dict) -> dict:
+    """The config fields the user set on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in kwargs.items() if k in names and v is not None}

@@ -1,0 +1,1 @@
+"""Architecture search (MSR-DARTS and the DARTS baseline) on the shared training loop."""
