@@ -13,8 +13,11 @@ $(BIN)/rankscope: pyproject.toml
 .PHONY: setup demo test
 setup: $(BIN)/rankscope
 
+# The main job: a quick MSR-DARTS search on the embedded digits, then a quick training run of the
+# genotype it found, printing the test error.
 demo: setup
-	$(BIN)/rankscope demo
+	$(BIN)/rankscope search --preset quick --out runs/demo-search
+	$(BIN)/rankscope train --preset quick --genotype runs/demo-search/genotype.json --out runs/demo-train
 
 test: setup
 	$(BIN)/python -m pytest -q
