@@ -84,8 +84,11 @@ def test_aux_head_only_in_training_and_design_size_pooling():
 
 def test_drop_path_prob_is_a_settable_attribute():
     torch.manual_seed(0)
-    net = build_network(_tiny(PUBLISHED["msr-darts"].to_dict(), drop_path_prob=0.0)).train()
-    x = torch.randn(4, 3, 8, 8)
+    # One-channel 8×8 digits: the aux head's input is 2×2 (adaptive pooling fallback).
+    net = build_network(_tiny(PUBLISHED["msr-darts"].to_dict(), drop_path_prob=0.0, layers=8,
+                              in_channels=1)).train()
+    x = torch.randn(4, 1, 8, 8)
+    assert net(x)[1].shape == (4, 5)
     assert torch.equal(net(x)[0], net(x)[0])  # no randomness at p = 0
     net.drop_path_prob = 0.9
     assert not torch.equal(net(x)[0], net(x)[0])
