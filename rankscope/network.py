@@ -147,7 +147,7 @@ class AuxiliaryHead(nn.Module):
 class NetworkConfig:
     """Everything needed to rebuild an evaluation network (stored in checkpoints as a dict).
 
-    ``genotype`` is ``Genotype.to_dict()``; the defaults are the CIFAR paper network (C=36, 20 cells).
+    ``genotype`` is ``Genotype.to_dict()`` (a ``Genotype`` is accepted and converted); the defaults are the CIFAR paper network (C=36, 20 cells).
     The ImageNet paper network is ``dataset="imagenet", C=48, layers=14, num_classes=1000``.
     """
 
@@ -161,6 +161,9 @@ class NetworkConfig:
     drop_path_prob: float = 0.2
 
     def __post_init__(self) -> None:
+        if isinstance(self.genotype, Genotype):  # accept a Genotype, store its plain-dict form
+            object.__setattr__(self, "genotype", self.genotype.to_dict())
+        from_dict(self.genotype)  # fail early with the GenotypeError that names the problem
         if self.dataset not in DATASETS:
             raise ConfigError(f"network dataset must be one of {DATASETS}, got {self.dataset!r}")
         for name in ("C", "layers", "num_classes", "in_channels"):

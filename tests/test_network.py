@@ -98,6 +98,7 @@ def test_config_round_trips_through_a_dict():
     config = _tiny(PUBLISHED["msr-darts"].to_dict(), dataset="imagenet")
     again = NetworkConfig(**dataclasses.asdict(config))
     assert again == config
+    assert NetworkConfig(PUBLISHED["msr-darts"]).genotype == PUBLISHED["msr-darts"].to_dict()
     assert count_parameters(build_network(again)) == count_parameters(build_network(config))
 
 
@@ -120,7 +121,7 @@ def test_bad_configs_and_genotypes():
         NetworkConfig(good, drop_path_prob=1.0)
     bad = dict(good, normal=[["conv_9x9", 0]] + good["normal"][1:])
     with pytest.raises(GenotypeError, match="conv_9x9"):
-        build_network(NetworkConfig(bad))
+        NetworkConfig(bad)
 
 
 # ---------------------------------------------------------------- sizes
