@@ -147,7 +147,8 @@ class AuxiliaryHead(nn.Module):
 class NetworkConfig:
     """Everything needed to rebuild an evaluation network (stored in checkpoints as a dict).
 
-    ``genotype`` is ``Genotype.to_dict()`` (a ``Genotype`` is accepted and converted); the defaults are the CIFAR paper network (C=36, 20 cells).
+    ``genotype`` is ``Genotype.to_dict()`` (a ``Genotype`` is accepted and converted); the
+    defaults are the CIFAR paper network (C=36, 20 cells).
     The ImageNet paper network is ``dataset="imagenet", C=48, layers=14, num_classes=1000``.
     """
 
