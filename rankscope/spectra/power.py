@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import IntOrPair, as_pair, check_weight, conv_spec, zero_output_size
+from ._checks import IntOrPair, check_weight, conv_spec, zero_output_size, zero_padding_amount
 
 _TINY = 1e-30  # a zero vector stays zero instead of becoming NaN
 
@@ -73,7 +73,7 @@ def power_iteration_fn(weight: Tensor, input_shape: Sequence[int], *, stride: In
     check_weight(weight)
     spec = conv_spec(weight.detach(), stride, dilation, groups)
     shape = _input_shape(input_shape, spec.c_in)
-    pad = as_pair(padding, "padding") if padding else (0, 0)
+    pad = zero_padding_amount(spec, padding)
     out = zero_output_size(spec, shape[2:], pad)
     opad = tuple(n - ((o - 1) * s - 2 * p + e) for n, o, s, p, e in
                  zip(shape[2:], out, spec.stride, pad, spec.extent))
