@@ -136,5 +136,21 @@ def test_ddp_run_reports_global_test_metrics(ddp_out):
     assert last["test_top1_err"] == pytest.approx(100 * (1 - stats["test_acc"]), abs=1e-6)
 
 
+
+def test_env_detection_and_single_process_helpers():
+    from rankscope.errors import ConfigError
+    from rankscope.train import distributed as D
+
+    assert D.env_from_environ({}) == D.DistEnv()
+    env = D.env_from_environ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert (env.rank, env.local_rank, env.world_size, env.distributed, env.is_main) == (3, 1, 4, True, False)
+    with pytest.raises(ConfigError):
+        D.env_from_environ({"WORLD_SIZE": "2", "RANK": "2"})
+    single = D.DistEnv()
+    stats = {"x_loss": 0.5, "x_acc": 0.25, "x_top5": 1.0, "x_n": 8}
+    assert D.global_metrics(stats, "x", single, torch.device("cpu")) == stats
+    assert D.on_main(lambda: 7, single) == 7
+
+
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))

@@ -165,6 +165,7 @@ def test_cli_runs_and_errors_are_one_line(tmp_path):
         assert res.exit_code != 0, args
         error_lines = [line for line in res.output.splitlines() if line.strip()]
         assert len(error_lines) == 1 and word in error_lines[0], res.output
+    assert not (tmp_path / "bad").exists()  # inputs are checked before the run directory is made
 
 
 def _jpeg_folder(root: Path, classes: int = 3, train: int = 4, val: int = 2) -> None:
@@ -194,3 +195,20 @@ def test_imagenet_folder_end_to_end(tmp_path):
     assert summary["image_size"] == 32 and np.isfinite(summary["test_loss"])
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert len(metrics) == 1 and metrics["train_loss"].notna().all()
+
+
+def test_precision_choices_without_a_gpu():
+    import warnings
+
+    from rankscope.train.runner import precision
+
+    notes: list[str] = []
+    assert precision(tiny(amp=True), torch.device("cpu"), notes.append) == (None, None, False)
+    assert notes and "CUDA only" in notes[0]
+    cuda = torch.device("cuda")  # only the decision is checked; nothing runs on the device
+    assert precision(tiny(amp=True, channels_last=True), cuda, _quiet)[::2] == (torch.bfloat16, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler warns when CUDA is absent
+        dtype, scaler, _ = precision(tiny(amp=True, amp_dtype="fp16"), cuda, _quiet)
+    assert dtype == torch.float16 and scaler is not None
+    assert precision(tiny(), cuda, _quiet)[:2] == (None, None)

@@ -108,7 +108,8 @@ def run_train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
     use it to check that a resumed run ends exactly like an uninterrupted one.
     """
     if resume:  # the run directory's config wins
-        cfg = config_from_dict(TrainConfig, config_fields(read_config_file(Path(out) / "config.json")))
+        out = prepare_run_dir(out, resume=True)
+        cfg = config_from_dict(TrainConfig, config_fields(read_config_file(out / "config.json")))
     if cfg is None:
         raise ValueError("run_train needs a TrainConfig unless resume=True")
     device = resolve_device(cfg.device)
@@ -127,7 +128,6 @@ def run_train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
 def _build(cfg: TrainConfig, out, env: D.DistEnv, device: torch.device, resume: bool, echo: Echo) -> Run:
     """Run directory, data, network, optimiser on this rank (errors are one line on every rank)."""
     echo = echo if env.is_main else (lambda _msg: None)
-    out = D.on_main(lambda: prepare_run_dir(out, resume=resume), env)
     if resume:
         saved = read_config_file(Path(out) / "config.json")
         genotype = saved["network"]["genotype"]  # the genotype trained, wherever the spec now points
@@ -152,6 +152,8 @@ def _build(cfg: TrainConfig, out, env: D.DistEnv, device: torch.device, resume: 
                  "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
                  "channels_last": channels_last}
     record = {**dataclasses.asdict(cfg), "network": dataclasses.asdict(netcfg), "effective": effective}
+    # Created last, so that a bad genotype, dataset or option leaves no empty run directory behind.
+    out = D.on_main(lambda: prepare_run_dir(out, resume=resume), env)
     return Run(cfg, Path(out), env, device, data, net, model, optimizer, scaler, amp_dtype, record, echo)
 
 
