@@ -28,13 +28,24 @@ TABLE_COLUMNS = ["cell", "cell_type", "edge", "input", "node", "op", "resolution
 AVG_COLUMNS = ["cell_type", "edge", "input", "node", "op", "stable_rank"]
 
 
-def _score(weight: torch.Tensor, size: tuple[int, int], measure: str) -> float:
-    """Stable rank of a 1x1 conv: of its operator on a ``size`` input, or of its C_out x C_in matrix."""
+def _scores(weights: list[torch.Tensor], sizes: list[tuple[int, int]], measure: str) -> list[float]:
+    """Stable ranks of 1x1 conv weights (C_out, C_in, 1, 1): of the operator on a ``sizes[k]``
+    input, or of the C_out x C_in matrix.  One spectra call per (shape, size) group, as a 5-D stack."""
     from rankscope import spectra  # lazy: keeps this module importable on its own
-    w = weight.detach()
-    if measure == "matrix":
-        return float(spectra.matrix_stable_rank(w))
-    return float(spectra.conv_stable_rank(w, size, stride=1, dilation=1, groups=1))
+    groups: dict[tuple, list[int]] = {}
+    for k, (w, size) in enumerate(zip(weights, sizes)):
+        groups.setdefault((tuple(w.shape), size if measure == "operator" else None), []).append(k)
+    out = [0.0] * len(weights)
+    with torch.no_grad():
+        for (_, size), idx in groups.items():
+            stack = torch.stack([weights[k].detach() for k in idx])  # (B, C_out, C_in, 1, 1)
+            if measure == "matrix":
+                values = spectra.matrix_stable_rank(stack)
+            else:
+                values = spectra.conv_stable_rank(stack, size, stride=1, dilation=1, groups=1)
+            for k, value in zip(idx, values.tolist()):
+                out[k] = float(value)
+    return out
 
 
 def stable_rank_table(net, measure: str = "operator", reduction_bug: bool = False) -> pd.DataFrame:
@@ -47,13 +58,15 @@ def stable_rank_table(net, measure: str = "operator", reduction_bug: bool = Fals
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
-    rows = []
-    for rec in net.last_convs():
-        size = rec.resolution
+    records, sizes = list(net.last_convs()), []
+    for rec in records:
+        size = tuple(rec.resolution)
         if reduction_bug and rec.cell_type == "reduce" and rec.input >= 2:
             size = tuple(net.cell_resolutions[rec.cell])
-        rows.append((rec.cell, rec.cell_type, rec.edge, rec.input, rec.node, rec.op, int(size[0]),
-                     _score(raw_weight(rec.conv), size, measure)))
+        sizes.append(size)
+    ranks = _scores([raw_weight(r.conv) for r in records], sizes, measure)
+    rows = [(r.cell, r.cell_type, r.edge, r.input, r.node, r.op, int(size[0]), rank)
+            for r, size, rank in zip(records, sizes, ranks)]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 

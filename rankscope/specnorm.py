@@ -11,8 +11,10 @@ sigma exactly as in the reference ``W / sigma(W)`` once v has converged (envelop
 
 Padding: the network's convs pad with zeros, so the power iteration converges to the norm of the
 zero-padded operator.  ``method="exact"`` instead uses ``rankscope.spectra.conv_spectral_norm``, the
-exact norm of the *circular*-padded operator (Sedghi et al.); the two agree for 1x1 convs and differ
-by boundary effects for k x k convs.
+exact (differentiable) norm of the *circular*-padded operator (Sedghi et al.); the two agree for 1x1
+convs and differ by boundary effects for k x k convs.  The circular operator needs the stride to
+divide the input and the dilated kernel to fit in it; where it does not (e.g. a dilated 5x5, extent
+9, on the 8x8 maps of the last cells) the smallest torus that satisfies both is used.
 
 Eval mode runs no iteration: the weight is ``W * C / sigma_last`` with the estimate of the last
 training forward (a buffer), deterministic, and the last normalised training weight while W is
@@ -23,7 +25,7 @@ is scale-invariant).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,9 +136,9 @@ class ConvSpectralNorm(nn.Module):
 
     def _exact(self, w: torch.Tensor) -> torch.Tensor:
         from rankscope.spectra import conv_spectral_norm  # lazy: only method="exact" needs it
-        sigma = conv_spectral_norm(w, self.input_size, stride=self.stride, dilation=self.dilation,
-                                   groups=self.groups)
-        return torch.as_tensor(sigma, dtype=w.dtype, device=w.device)
+        size = circular_size(w.shape[-2:], self.input_size, self.stride, self.dilation)
+        return conv_spectral_norm(w, size, stride=self.stride, dilation=self.dilation,
+                                  groups=self.groups)
 
     def _sigma(self, w: torch.Tensor, n_iter: int, warm: bool) -> torch.Tensor:
         return self._exact(w) if self.config.method == "exact" else self._estimate(w, n_iter, warm)
@@ -147,6 +149,16 @@ class ConvSpectralNorm(nn.Module):
         sigma = self._sigma(w, self.config.n_iter, self.config.warm_start)
         self.sigma.copy_(sigma.detach())
         return w * (self.config.C / sigma.clamp_min(_EPS))
+
+
+def circular_size(kernel: Sequence[int], size: Size2, stride: Size2, dilation: Size2) -> Size2:
+    """Smallest torus >= ``size`` on which the circular conv exists: the dilated kernel fits and
+    the stride divides it (``size`` itself whenever possible)."""
+    out = []
+    for k, n, s, d in zip(kernel, size, stride, dilation):
+        m = max(n, d * (k - 1) + 1)
+        out.append(-(-m // s) * s)  # round up to a multiple of the stride
+    return tuple(out)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:

@@ -176,9 +176,9 @@ class SearchNetwork(nn.Module):
     (E, K) hold the stable ranks (zeros = uniform weights until set); they are checkpointed.
     """
 
-    def __init__(self, config: SupernetConfig = SupernetConfig()):
+    def __init__(self, config: SupernetConfig | None = None):
         super().__init__()
-        self.config = config
+        self.config = config = SupernetConfig() if config is None else config
         c, m = config.C, config.stem_multiplier
         self.stem = nn.Sequential(nn.Conv2d(config.in_channels, m * c, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(m * c))

@@ -13,8 +13,8 @@ from torch import nn
 
 from rankscope.errors import ConfigError
 from rankscope.spectra import conv_spectral_norm, dense_conv_operator, power_iteration_fn
-from rankscope.specnorm import (ConvSpectralNorm, SpecNormConfig, apply_spectral_norm, raw_weight,
-                                spectral_norm_modules)
+from rankscope.specnorm import (ConvSpectralNorm, SpecNormConfig, apply_spectral_norm, circular_size,
+                                raw_weight, spectral_norm_modules)
 from rankscope.supernet import SearchNetwork, SupernetConfig
 
 
@@ -27,11 +27,15 @@ def zero_padded_norm(conv: nn.Conv2d, weight: torch.Tensor, size) -> float:
 
 @pytest.fixture(scope="module")
 def trained_net():
-    """A tiny supernet after 12 training-mode forwards (12 x 5 warm-started iterations per conv)."""
+    """A tiny supernet after 8 training-mode forwards of 20 warm-started iterations per conv.
+
+    Some zero-padded operators have clustered top singular values, so power iteration needs ~100
+    iterations to get within 1 % (the search gets them over its first steps at Z = 5)."""
     torch.manual_seed(0)
-    net = SearchNetwork(SupernetConfig(C=4, layers=3, image_size=8))
+    net = SearchNetwork(SupernetConfig(C=4, layers=3, nodes=2, image_size=8,
+                                       specnorm=SpecNormConfig(n_iter=20)))
     with torch.no_grad():
-        for _ in range(12):
+        for _ in range(8):
             net(torch.randn(2, 3, 8, 8))
     return net
 
@@ -39,24 +43,24 @@ def trained_net():
 def test_every_candidate_conv_and_nothing_else_is_normalised(trained_net):
     normalised = {id(conv) for _, conv, _ in spectral_norm_modules(trained_net)}
     candidates = {id(conv) for _, conv, _ in trained_net.candidate_convs()}
-    assert normalised == candidates and len(candidates) == 3 * 14 * 12  # 12 convs per MSR edge
+    assert normalised == candidates and len(candidates) == 3 * 5 * 12  # 12 convs per MSR edge
     assert not any(id(m) in normalised for m in trained_net.stem.modules())
     assert not any(id(m) in normalised for m in trained_net.cells[0].preprocess1.modules())
 
 
 def test_sigma_of_normalised_convs_within_one_percent_of_C(trained_net):
     sizes = {id(conv): size for _, conv, size in trained_net.candidate_convs()}
-    checked = 0
-    for name, conv, sn in list(spectral_norm_modules(trained_net))[::7]:  # a spread-out sample
-        w = conv.weight  # normalised (training mode: 5 more iterations, harmless)
+    n_1x1 = 0
+    for name, conv, sn in spectral_norm_modules(trained_net):
+        w = raw_weight(conv) / sn.sigma  # the normalised weight of the last step (C = 1)
         sigma = zero_padded_norm(conv, w, sizes[id(conv)])
         # Power iteration under-estimates sigma, so the normalised norm is >= C, and close to it.
         assert 1.0 - 1e-5 <= sigma <= 1.01, name
-        if conv.kernel_size == (1, 1):
+        if conv.kernel_size == (1, 1):  # no padding: circular and zero-padded operators coincide
             circ = float(conv_spectral_norm(w.detach().double(), sizes[id(conv)]))
             assert circ == pytest.approx(sigma, rel=1e-6)
-        checked += 1
-    assert checked > 20
+            n_1x1 += 1
+    assert n_1x1 == 3 * 5 * 6
 
 
 def test_same_iterates_as_spectra_power_iteration():
@@ -105,7 +109,7 @@ def test_eval_mode_is_deterministic_and_iteration_free(trained_net):
 
 def test_warm_start_state_is_checkpointed():
     torch.manual_seed(3)
-    cfg = SupernetConfig(C=4, layers=3, image_size=8)
+    cfg = SupernetConfig(C=4, layers=3, nodes=2, image_size=8)
     a = SearchNetwork(cfg)
     a(torch.randn(2, 3, 8, 8))
     sd = a.state_dict()
@@ -130,7 +134,26 @@ def test_exact_method_and_disabled():
     net = SearchNetwork(SupernetConfig(C=4, layers=3, image_size=8,
                                        specnorm=SpecNormConfig(enabled=False)))
     assert not list(spectral_norm_modules(net))
+    # A dilated 5x5 (extent 9) on 4x4 maps and a stride 2 on 5x5 need a larger torus.
+    assert circular_size((5, 5), (4, 4), (1, 1), (2, 2)) == (9, 9)
+    assert circular_size((3, 3), (5, 5), (2, 2), (1, 1)) == (6, 6)
+    assert circular_size((1, 1), (8, 8), (1, 1), (1, 1)) == (8, 8)
     with pytest.raises(ValueError, match="already"):
         apply_spectral_norm(conv, SpecNormConfig(), [(conv, (4, 4))])
     with pytest.raises(ConfigError, match="method"):
         SpecNormConfig(method="svd")
+
+
+def test_exact_method_on_a_tiny_supernet():
+    torch.manual_seed(5)
+    net = SearchNetwork(SupernetConfig(C=4, layers=3, nodes=2, image_size=8,
+                                       specnorm=SpecNormConfig(method="exact")))
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    sizes = {id(conv): size for _, conv, size in net.candidate_convs()}
+    for _, conv, sn in list(spectral_norm_modules(net))[::15]:
+        w = raw_weight(conv).detach() / sn.sigma
+        size = circular_size(conv.kernel_size, sizes[id(conv)], conv.stride, conv.dilation)
+        circ = float(conv_spectral_norm(w, size, stride=conv.stride, dilation=conv.dilation,
+                                        groups=conv.groups))
+        assert circ == pytest.approx(1.0, rel=1e-5)
+        assert raw_weight(conv).grad is not None
