@@ -32,13 +32,16 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _register() -> None:
-    # Imported here, not at module import of the library, so `rankscope --help` stays cheap to
-    # define; each module defines one click command.
-    from cli import search, spectrum
+COMMANDS = ("search", "train", "audit", "spectrum")
 
-    main.add_command(spectrum.spectrum)
-    main.add_command(search.search)
+
+def _register() -> None:
+    # Each sibling module defines one click command of the same name.
+    import importlib
+
+    for name in COMMANDS:
+        module = importlib.import_module(f"cli.{name}")
+        main.add_command(getattr(module, name))
 
 
 _register()

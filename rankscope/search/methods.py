@@ -17,6 +17,11 @@ from rankscope.supernet import SearchNetwork
 
 
 class SearchMethod(Protocol):
+    """What the loop needs from a method. ``model`` is the module trained and evaluated: the
+    supernet itself for MSR-DARTS, a wrapper that mixes with softmax(alpha) for DARTS."""
+
+    model: torch.nn.Module
+
     def on_epoch_start(self, epoch: int, lr: float) -> None: ...
     def before_step(self, index: int, batch) -> None: ...
     def stable_rank_table(self) -> pd.DataFrame: ...
@@ -37,7 +42,7 @@ class MSRMethod:
     """MSR-DARTS: weights only; per-epoch stable-rank tables; optional rank-softmax mixing."""
 
     def __init__(self, cfg: SearchConfig, net: SearchNetwork):
-        self.cfg, self.net = cfg, net
+        self.cfg, self.net, self.model = cfg, net, net
 
     def on_epoch_start(self, epoch: int, lr: float) -> None:
         if self.cfg.mixing == "rank_softmax":
@@ -72,7 +77,8 @@ def _rank_tensors(avg: pd.DataFrame, net: SearchNetwork) -> dict:
     return result
 
 
-def make_method(cfg: SearchConfig, net: SearchNetwork, device: torch.device) -> SearchMethod:
+def make_method(cfg: SearchConfig, net: SearchNetwork, device: torch.device, *, train, val) -> SearchMethod:
+    """The method object for ``cfg.method``; ``train``/``val`` are the run's TensorLoaders."""
     if cfg.method == "msr":
         return MSRMethod(cfg, net)
     if cfg.method == "darts":
@@ -80,5 +86,5 @@ def make_method(cfg: SearchConfig, net: SearchNetwork, device: torch.device) -> 
             from rankscope.search.darts import DartsMethod
         except ImportError:
             raise ConfigError("method darts is not available in this build") from None
-        return DartsMethod(cfg, net, device)
+        return DartsMethod(cfg, net, device, train=train, val=val)
     raise ConfigError(f"unknown search method {cfg.method!r}")

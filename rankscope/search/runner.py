@@ -153,8 +153,8 @@ def run_search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, echo
     seed_everything(cfg.seed)
     arrays, train, val = build_loaders(cfg, device, None if resume else out)
     net = SearchNetwork(supernet_config(cfg, arrays.channels, arrays.num_classes, arrays.image_size)).to(device)
-    method = make_method(cfg, net, device)
-    optimizer = make_sgd(net.parameters(), optim_config(cfg))
+    method = make_method(cfg, net, device, train=train, val=val)
+    optimizer = make_sgd(net.parameters(), optim_config(cfg))  # weights only; a method owns its own
     if resume:
         state = _resume(out, cfg, net, optimizer, method)
         echo(f"resuming {out} after epoch {state.epoch}/{cfg.epochs}")
@@ -177,10 +177,10 @@ def _loop(cfg, out, net, optimizer, method, state, train, val, echo, kill_at) ->
         batches = train.epoch(epoch)
         if kill_at is not None and kill_at[0] == epoch:
             batches = _killing(batches, kill_at[1])
-        stats = train_epoch(net, batches, optimizer, loss_fn=loss_fn, grad_clip=cfg.grad_clip,
+        stats = train_epoch(method.model, batches, optimizer, loss_fn=loss_fn, grad_clip=cfg.grad_clip,
                             before_step=method.before_step,
                             progress=progress_printer(f"epoch {epoch + 1}", len(train), echo))
-        stats.update(evaluate(net, val.epoch(0), loss_fn=loss_fn, prefix="val"))
+        stats.update(evaluate(method.model, val.epoch(0), loss_fn=loss_fn, prefix="val"))
         table = method.stable_rank_table()
         genos = method.genotypes(table)
         seconds = time.perf_counter() - start
