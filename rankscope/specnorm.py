@@ -102,7 +102,7 @@ class ConvSpectralNorm(nn.Module):
         self.dilation, self.groups = _pair(conv.dilation), conv.groups
         self.output_padding = _output_padding(conv, self.input_size)
         w = conv.weight
-        shape = (w.shape[1],) if self.matrix else (1, w.shape[1] * conv.groups, *self.input_size)
+        shape = (conv.in_channels,) if self.matrix else (1, conv.in_channels, *self.input_size)
         self.register_buffer("v", _unit(w.new_empty(shape).normal_()))
         self.register_buffer("sigma", w.new_ones(()))
         with torch.no_grad():  # also validates the geometry for method="exact" early
@@ -145,7 +145,7 @@ class ConvSpectralNorm(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return w * (self.config.C / self.sigma)  # no iteration: deterministic
+            return w * (self.config.C / self.sigma.clamp_min(_EPS))  # no iteration: deterministic
         sigma = self._sigma(w, self.config.n_iter, self.config.warm_start)
         self.sigma.copy_(sigma.detach())
         return w * (self.config.C / sigma.clamp_min(_EPS))
