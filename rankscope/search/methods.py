@@ -22,6 +22,7 @@ class SearchMethod(Protocol):
 
     model: torch.nn.Module
 
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None: ...
     def on_epoch_start(self, epoch: int, lr: float) -> None: ...
     def before_step(self, index: int, batch) -> None: ...
     def stable_rank_table(self) -> pd.DataFrame: ...
@@ -43,6 +44,9 @@ class MSRMethod:
 
     def __init__(self, cfg: SearchConfig, net: SearchNetwork):
         self.cfg, self.net, self.model = cfg, net, net
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        return None  # only DARTS's unrolled step reads the weight optimizer (its momentum)
 
     def on_epoch_start(self, epoch: int, lr: float) -> None:
         if self.cfg.mixing == "rank_softmax":

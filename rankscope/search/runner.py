@@ -155,6 +155,7 @@ def run_search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, echo
     net = SearchNetwork(supernet_config(cfg, arrays.channels, arrays.num_classes, arrays.image_size)).to(device)
     method = make_method(cfg, net, device, train=train, val=val)
     optimizer = make_sgd(net.parameters(), optim_config(cfg))  # weights only; a method owns its own
+    method.bind_optimizer(optimizer)  # DARTS's unrolled step reads the momentum buffers
     if resume:
         state = _resume(out, cfg, net, optimizer, method)
         echo(f"resuming {out} after epoch {state.epoch}/{cfg.epochs}")
