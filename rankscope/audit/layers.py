@@ -165,26 +165,33 @@ def layers_from_state_dict(state_dict: dict[str, torch.Tensor], *, input_size: i
                            layer_map: LayerMap | None = None) -> list[LayerSpec]:
     """Describe each conv/linear weight of a bare state dict; unknown fields are assumed, and named.
 
-    Defaults (each listed in ``assumed`` unless the layer map gives it): every conv sees an
-    ``input_size`` input, stride 1, dilation 1, "same" padding ``dilation*(k-1)//2``, and groups 1 --
-    except a conv with one input channel per group whose output count equals the previous conv's
-    (the depthwise pattern), which is assumed depthwise.  groups=1 is not marked as assumed when the
-    weight's input channels equal the previous conv's outputs (the first conv: any input channels).
+    Defaults (each listed in ``assumed`` unless the layer map gives it): stride 1, dilation 1, "same"
+    padding ``dilation*(k-1)//2``, groups 1 -- except a conv with one input channel per group whose
+    output count equals the previous conv's (the depthwise pattern), which is assumed depthwise;
+    groups=1 is not marked when the weight's input channels equal the previous conv's outputs (or
+    for the first conv).  Input size: the output size of the most recent conv that produced as many
+    channels as this conv reads (the network input, ``input_size``, for the first), which follows
+    plain chains and residual branches but cannot see pooling layers.
     """
     layer_map = layer_map or {}
     specs: list[LayerSpec] = []
     prev_out: int | None = None
+    sizes: dict[int, Pair] = {}
+    base = _pair(input_size)
     for name, w in weight_entries(state_dict):
         if w.ndim == 2:
             specs.append(LayerSpec(name=name, kind="linear", weight=w))
             continue
-        specs.append(_conv_from_weight(name, w, lookup(layer_map, name), prev_out, input_size))
+        spec = _conv_from_weight(name, w, lookup(layer_map, name), prev_out, sizes, base)
+        specs.append(spec)
         prev_out = int(w.shape[0])
+        if spec.out_size is not None and min(spec.out_size) >= 1:
+            sizes[prev_out] = spec.out_size
     return specs
 
 
 def _conv_from_weight(name: str, w: torch.Tensor, given: dict[str, Any], prev_out: int | None,
-                      input_size: int | Pair) -> LayerSpec:
+                      sizes: dict[int, Pair], base: Pair) -> LayerSpec:
     assumed: list[str] = []
 
     def field(key: str, default: Any) -> Any:
@@ -193,16 +200,16 @@ def _conv_from_weight(name: str, w: torch.Tensor, given: dict[str, Any], prev_ou
         assumed.append(key)
         return default
 
-    size = _pair(field("input_size", input_size))
-    stride = _pair(field("stride", 1))
-    dilation = _pair(field("dilation", 1))
-    kernel = tuple(w.shape[-2:])
-    padding = _pair(field("padding", tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))))
     groups = given.get("groups")
     if groups is None:
         groups, certain = _infer_groups(w, prev_out)
         if not certain:
             assumed.append("groups")
+    size = _pair(field("input_size", sizes.get(int(w.shape[1]) * int(groups), base)))
+    stride = _pair(field("stride", 1))
+    dilation = _pair(field("dilation", 1))
+    kernel = tuple(w.shape[-2:])
+    padding = _pair(field("padding", tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))))
     return LayerSpec(name=name, kind="conv2d", weight=w, input_size=size, stride=stride,
                      padding=padding, dilation=dilation, groups=int(groups), assumed=tuple(assumed))
 

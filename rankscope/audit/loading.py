@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,22 +86,47 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _torch_load(path: Path, trust: bool) -> Any:
     """``torch.load`` with ``weights_only=True`` unless trusted; refusals name the blocked global."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for users
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if not trust and "Weights only load failed" in msg:
-            raise CheckpointError(_refusal(path, msg)) from None
+            found = re.search(r"GLOBAL ([\w.]+)", msg)
+            name = found.group(1) if found else _pickled_global(path)
+            if name:
+                raise CheckpointError(_refusal(path, name)) from None
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # truncated zip, random bytes, wrong file type, EOF
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
 
 
-def _refusal(path: Path, msg: str) -> str:
+def _refusal(path: Path, name: str) -> str:
     """One-line refusal for a pickle that would run code; mentions ``--trust``."""
-    found = re.search(r"GLOBAL ([\w.]+)", msg)
-    what = f"it references {found.group(1)}" if found else "it holds objects other than tensors"
-    return (f"refusing to load {path}: {what}, which needs arbitrary code to unpickle "
-            "(nothing was executed); re-run with --trust only if you trust its source")
+    return (f"refusing to load {path}: it references {name}, which needs arbitrary code to "
+            "unpickle (nothing was executed); re-run with --trust only if you trust its source")
+
+
+def _pickled_global(path: Path) -> str | None:
+    """Name of the first global a plain (non-zip) pickle imports, read without unpickling.
+
+    ``pickletools.genops`` only parses opcodes; garbage fails to parse and returns None (corrupt).
+    """
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL":
+                    return ".".join(strings[-2:]) or "a pickled global"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle at all
+        return None
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

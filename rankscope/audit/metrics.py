@@ -22,6 +22,7 @@ NAN = float("nan")
 _WARM_START_MAX_ELEMENTS = 2 ** 24  # cap on the kernel symbol built for the warm start
 _WARM_CANDIDATES = 4
 _MATRIX_POWER_STEPS = 100
+_WARM_NOISE = 0.05
 
 COLUMNS = (
     "name", "kind", "shape", "input_size", "output_size", "stride", "dilation", "groups", "padding",
@@ -154,8 +155,8 @@ def _zero_pad_columns(row: dict[str, Any], spec: LayerSpec, w: torch.Tensor, n_i
     conv = make_conv(spec, w)
     shape = (spec.in_channels, *spec.input_size)
     try:
-        v0 = plane_wave_start(w, spec.input_size, spec.stride, spec.dilation, spec.groups,
-                              spec.padding)
+        v0 = _with_noise(plane_wave_start(w, spec.input_size, spec.stride, spec.dilation,
+                                          spec.groups, spec.padding))
         sigma, _ = engine.power_sigma(conv, shape, n_iter, v0)
         fro = engine.frobenius(w, spec.input_size, spec.stride, spec.padding, spec.dilation)
     except (ValueError, RuntimeError) as exc:
@@ -166,6 +167,20 @@ def _zero_pad_columns(row: dict[str, Any], spec: LayerSpec, w: torch.Tensor, n_i
     exact = row["sigma_max_exact"]
     if isinstance(exact, float) and exact > 0:
         row["sigma_gap_rel"] = (sigma - exact) / exact
+
+
+def _with_noise(v0: torch.Tensor | None) -> torch.Tensor | None:
+    """Add a small seeded random component (5% of the norm) to a warm start.
+
+    The plane wave lives in one group's channels (and, for 1x1 kernels, one polyphase component);
+    the power iteration preserves such supports, so without the noise it could not leave a group
+    whose circular norm is largest but whose zero-padded norm is not.
+    """
+    if v0 is None:
+        return None
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn(v0.shape, generator=gen, dtype=torch.float64).to(v0)
+    return v0 / v0.norm().clamp_min(1e-30) + _WARM_NOISE * noise / noise.norm()
 
 
 def make_conv(spec: LayerSpec, w: torch.Tensor) -> nn.Conv2d:
