@@ -131,6 +131,9 @@ def audit(checkpoint: Path, checkpoint_b: Path | None, fmt: str, out: Path | Non
     try:
         _run(checkpoint, checkpoint_b, fmt, out, opts)
     except RankscopeError as exc:  # one line even when the command is invoked outside the group
+        root = click.get_current_context().find_root().obj
+        if isinstance(root, dict) and root.get("debug"):
+            raise
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
 
 
