@@ -1,19 +1,16 @@
 """`rankscope train` on CPU in seconds: artifacts, resume, CLI errors, the ImageNet folder path."""
 from __future__ import annotations
 
-import importlib
 import json
-import re
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import click
 from click.testing import CliRunner
+
+from cli.main import main
 
 from rankscope.complexity import count_parameters
 from rankscope.errors import ConfigError
@@ -38,31 +35,6 @@ def _one_thread():
 
 def _quiet(msg: str) -> None:
     pass
-
-
-def _cli() -> click.Group:
-    """The `rankscope` group, with `train` registered if the group does not have it yet.
-
-    While sibling commands are still being written, cli/main.py may import one that does not exist
-    yet; such a command is stubbed here so the real group (and its one-line errors) is tested.
-    """
-    for _ in range(10):
-        try:
-            main = importlib.import_module("cli.main").main
-            break
-        except ImportError as exc:  # "No module named 'cli.x'" or "cannot import name 'x' from 'cli'"
-            missing = re.search(r"cannot import name '(\w+)' from 'cli'", str(exc))
-            name = missing.group(1) if missing else (exc.name or "").removeprefix("cli.")
-            if not name or name == "train" or "." in name:
-                raise
-            stub = types.ModuleType(f"cli.{name}")
-            setattr(stub, name, click.Command(name))
-            sys.modules[f"cli.{name}"] = stub
-            setattr(importlib.import_module("cli"), name, stub)
-    if "train" not in main.commands:
-        from cli import train
-        main.add_command(train.train)
-    return main
 
 
 def tiny(genotype: str = "darts-v2", **kw):
@@ -143,7 +115,7 @@ def test_presets_and_bad_values():
 
 
 def _run_cli(*args: str):
-    return CliRunner().invoke(_cli(), ["train", *args])
+    return CliRunner().invoke(main, ["train", *args])
 
 
 def test_cli_runs_and_errors_are_one_line(tmp_path):
