@@ -32,7 +32,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-COMMANDS = ("search", "train", "audit", "spectrum")
+COMMANDS = ("search", "train", "audit", "spectrum", "study")
 
 
 def _register() -> None:
