@@ -33,6 +33,11 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def settings(items: tuple[str, ...], data_dir: str | None) -> dict:
+    """Overrides from KEY=VALUE items, with ``data_dir`` when given."""
+    return {**({"data_dir": data_dir} if data_dir else {}), **parse_settings(items)}
+
+
 def parse_settings(items: tuple[str, ...]) -> dict:
     """``KEY=VALUE`` pairs; values parsed as JSON when possible (3, 0.5, true, null), else strings."""
     out = {}
@@ -48,13 +53,15 @@ def parse_settings(items: tuple[str, ...]) -> dict:
 
 
 def study_options(fn: Callable) -> Callable:
-    """--scale, --seeds, --out and the --search-set/--train-set overrides."""
+    """--scale, --seeds, --out, --data-dir and the --search-set overrides."""
     for deco in reversed([
         click.option("--scale", type=click.Choice(["tiny", "quick", "paper"]), default="quick",
                      show_default=True, help=SCALE_HELP),
         click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. 0,1,2 or 0-4."),
         click.option("--out", required=True, type=click.Path(file_okay=False),
                      help="Study directory (rerun with the same --out to resume)."),
+        click.option("--data-dir", type=click.Path(file_okay=False),
+                     help="Where CIFAR-10 lives (paper scale); passed to searches and trainings."),
         click.option("--search-set", multiple=True, metavar="KEY=VALUE",
                      help="Override a search setting, e.g. data_dir=/data or epochs=10 (repeatable)."),
     ]):
@@ -74,13 +81,13 @@ def study() -> None:
 @study.command("min-vs-max")
 @study_options
 @train_set
-def min_vs_max(scale, seeds, out, search_set, train_set) -> None:
+def min_vs_max(scale, seeds, out, data_dir, search_set, train_set) -> None:
     """Appendix B: train the minimum and the maximum stable-rank cells of each search."""
     from studies.min_vs_max import run_min_vs_max, summarize
 
     df = run_min_vs_max(out, scale=scale, seeds=parse_seeds(seeds),
-                        search_overrides=parse_settings(search_set),
-                        train_overrides=parse_settings(train_set), echo=click.echo)
+                        search_overrides=settings(search_set, data_dir),
+                        train_overrides=settings(train_set, data_dir), echo=click.echo)
     click.echo(summarize(df).to_string(index=False))
 
 
@@ -89,25 +96,25 @@ def min_vs_max(scale, seeds, out, search_set, train_set) -> None:
 @train_set
 @click.option("--darts-set", multiple=True, metavar="KEY=VALUE",
               help="Override a DARTS-search setting only, e.g. space=darts or order=first.")
-def msr_vs_darts(scale, seeds, out, search_set, train_set, darts_set) -> None:
+def msr_vs_darts(scale, seeds, out, data_dir, search_set, train_set, darts_set) -> None:
     """Table 1 / Figure 3: MSR-DARTS and DARTS searched and trained alike."""
     from studies.msr_vs_darts import run_msr_vs_darts, table1
 
     df = run_msr_vs_darts(out, scale=scale, seeds=parse_seeds(seeds),
-                          search_overrides=parse_settings(search_set),
+                          search_overrides=settings(search_set, data_dir),
                           darts_overrides=parse_settings(darts_set),
-                          train_overrides=parse_settings(train_set), echo=click.echo)
+                          train_overrides=settings(train_set, data_dir), echo=click.echo)
     click.echo(table1(df).to_string(index=False))
 
 
 @study.command("search-curves")
 @study_options
-def search_curves(scale, seeds, out, search_set) -> None:
+def search_curves(scale, seeds, out, data_dir, search_set) -> None:
     """Figure 2: validation loss during an MSR search, stable ranks per op, chosen cells."""
     from studies.search_curves import run_search_curves
 
     df = run_search_curves(out, scale=scale, seeds=parse_seeds(seeds),
-                           search_overrides=parse_settings(search_set), echo=click.echo)
+                           search_overrides=settings(search_set, data_dir), echo=click.echo)
     chosen = df[df["chosen"]]
     click.echo(chosen[["seed", "epoch", "val_loss", "val_acc"]].to_string(index=False))
 

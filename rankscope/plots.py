@@ -224,7 +224,7 @@ def _label_spot(a, b, rad: float, placed: list, nodes: list) -> np.ndarray:
     best, best_gap = _bezier(a, b, rad, 0.7), -1.0
     for t in (0.7, 0.6, 0.78, 0.5, 0.4):
         p = _bezier(a, b, rad, t)
-        gap = min(_clearance(p[None], placed) / 1.0, _clearance(p[None], nodes) / 0.7)
+        gap = min(_clearance(p[None], placed) / 1.1, _clearance(p[None], nodes) / 1.35)
         if gap >= 1.0:
             return p
         if gap > best_gap:
