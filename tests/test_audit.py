@@ -206,3 +206,31 @@ def test_compare_reports_per_layer_changes(small):
     np.testing.assert_allclose(cmp["sigma_max_exact_ratio"], 2.0, rtol=1e-9)
     np.testing.assert_allclose(cmp["stable_rank_ratio"], 1.0, rtol=1e-9)
     assert not cmp["shape_changed"].any()
+
+
+def test_state_dict_geometry_with_layer_map_matches_resnet50_forward():
+    from rankscope.audit.benchmark import RESNET50_MAP
+    from rankscope.audit.layers import discover_module_layers
+    from rankscope.audit.resnet import resnet50
+
+    net = resnet50(num_classes=10)
+    exact = {s.name: s for s in discover_module_layers(net, (3, 64, 64))}
+    lmap = {**RESNET50_MAP, "layer1.0.conv1": {"input_size": 16}}
+    assumed = layers_from_state_dict(net.state_dict(), input_size=64, layer_map=lmap)
+    assert [s.name for s in assumed] == list(exact)
+    for spec in assumed:
+        ref = exact[spec.name]
+        assert (spec.input_size, spec.stride, spec.padding, spec.groups) == (
+            ref.input_size, ref.stride, ref.padding, ref.groups), spec.name
+
+
+@pytest.mark.parametrize("geo", [(4, 3, 3, 8, 1, 1, 1), (4, 3, 3, 8, 2, 1, 1), (6, 1, 3, 8, 1, 2, 6),
+                                 (4, 2, 2, 6, 2, 1, 2)])
+def test_private_fallback_matches_dense_oracle(geo):
+    from rankscope.audit import _fallback
+
+    c_out, cig, k, n, s, d, g = geo
+    conv = nn.Conv2d(cig * g, c_out, k, stride=s, dilation=d, groups=g, bias=False).double()
+    sv = torch.linalg.svdvals(_dense(conv, (n, n), circular=True))
+    mine = _fallback.conv_singular_values(conv.weight.detach(), n, stride=s, dilation=d, groups=g)
+    np.testing.assert_allclose(mine.numpy(), sv.numpy(), rtol=1e-9, atol=1e-12)

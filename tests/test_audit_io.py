@@ -187,3 +187,20 @@ def test_nan_weights_in_a_file_give_a_flagged_row(tmp_path):
     path = _save(sd, tmp_path / "nan.pt")
     t = audit_checkpoint(path, input_size=16, estimate=False).table.set_index("name")
     assert t.loc["3", "flag"] == "nan" and t.loc["0", "flag"] == "ok"
+
+
+def test_rankscope_search_checkpoint_is_rebuilt(tmp_path):
+    from rankscope.io import save_checkpoint
+    from rankscope.supernet import SearchNetwork, SupernetConfig
+
+    cfg = SupernetConfig(C=4, layers=3, image_size=8)
+    torch.manual_seed(0)
+    net = SearchNetwork(cfg)
+    path = tmp_path / "search.pt"
+    save_checkpoint(path, kind="search", config={"supernet": dataclasses.asdict(cfg)},
+                    state_dict=net.state_dict(), epoch=0)
+    res = audit_checkpoint(path, estimate=False)
+    t = res.table
+    assert "rebuilt search network" in res.notes[0] and (t["assumed"] == "").all()
+    assert (t["flag"] == "ok").all() and set(t.loc[t["kind"] == "conv2d", "input_size"]) == {"8", "4", "2"}
+    assert t["note"].str.contains("parametrized").any()
