@@ -6,7 +6,7 @@ intermediate nodes of the share of their incoming edges that come from the cell'
 paper reports DARTS V2's normal cell at depth 3, width 3.5 and MSR-DARTS's at depth 4, width 2.5.
 
 Outputs in ``out_dir``: ``cells-<name>.png`` per genotype (normal and reduction cell),
-``figure4.png`` (all genotypes, one row each) and ``results.csv`` (one row per genotype and cell
+``figure4.png`` (all genotypes, one row each) and ``cells.csv`` (one row per genotype and cell
 type: depth, width, inputs used, op counts, DARTS text).
 """
 from __future__ import annotations
@@ -89,5 +89,5 @@ def run_cells(out_dir: str | Path, *, genotypes: Iterable[str] = DEFAULT_GENOTYP
         save(plot_cells({label_of[name]: g}), out / f"cells-{slug(name)}.png", echo)
     save(plot_cells({label_of[n]: g for n, g in loaded.items()}), out / "figure4.png", echo)
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    write_table(results, out / "results.csv", echo)
+    write_table(results, out / "cells.csv", echo)
     return results

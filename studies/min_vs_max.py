@@ -2,9 +2,11 @@
 
 Per seed: one MSR search records both genotypes of the chosen epoch (``genotype_min.json`` and
 ``genotype_max.json``); both are trained with the same training config and seed. Outputs in
-``out_dir``: ``results.csv`` (one row per seed and rule), ``summary.csv`` (mean/std over seeds),
-``test_curves.png`` (Figure 5), ``cells.png`` (both cells of seed 0's search) and
-``rule_disagreement.png`` (edges where min and max differ, per search epoch, seed 0).
+``out_dir``: ``min_vs_max.csv`` (one row per seed and rule), ``min_vs_max_summary.csv`` (mean/std
+over seeds), ``figure5_test_curves.png`` (Figure 5), ``min_vs_max_cells.png`` (both cells of the first
+seed's search) and ``min_vs_max_disagreement.png`` (edges where min and max differ, per search
+epoch). Output names are unique among the studies, so several studies can share one directory and
+its sub-runs.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def run_min_vs_max(out_dir: str | Path, *, scale: str = "quick", seeds: Iterable
                          "genotype_text": genos[rule].to_darts_text(), "run_dir": run_dir.name})
             curves[label].append(read_metrics(run_dir, seed=seed))
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    write_table(results, out / "results.csv", echo)
-    write_table(summarize(results), out / "summary.csv", echo)
+    write_table(results, out / "min_vs_max.csv", echo)
+    write_table(summarize(results), out / "min_vs_max_summary.csv", echo)
     _figures(out, scale, seeds[0], curves, echo)
     return results
 
@@ -66,11 +68,11 @@ def _figures(out: Path, scale: str, seed: int, curves: dict, echo: Echo) -> None
     runs = {label: pd.concat(frames, ignore_index=True) for label, frames in curves.items()}
     epochs = int(max(df["epoch"].max() for df in runs.values()))
     save(plot_test_curves(runs, start_epoch=test_start_epoch(scale, epochs)),
-         out / "test_curves.png", echo)
+         out / "figure5_test_curves.png", echo)
     search_dir = out / f"search-msr-s{seed}"
     genos = {f"{label} (seed {seed})": load_genotype(str(search_dir / f"genotype_{rule}.json"))
              for rule, label in RULES.items()}
-    save(plot_cells(genos), out / "cells.png", echo)
+    save(plot_cells(genos), out / "min_vs_max_cells.png", echo)
     records = read_jsonl(search_dir / "genotypes.jsonl")
     save(plot_rule_disagreement(records, ("genotype_min", "genotype_max")),
-         out / "rule_disagreement.png", echo)
+         out / "min_vs_max_disagreement.png", echo)

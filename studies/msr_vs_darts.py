@@ -4,9 +4,9 @@ Per seed: an MSR search and a DARTS search on the same data with the same supern
 channels, the O_MSR op space as in Table 1) and the same number of epochs; each method keeps its
 own recipe otherwise (split 4:1 vs 1:1, batch, spectral normalisation; see studies/common.py).
 Both genotypes are trained with the same training config and seed. Outputs in ``out_dir``:
-``results.csv`` (one row per seed and method), ``table1.csv`` (mean/std over seeds: test error,
-search cost in device-days, params), ``test_curves.png`` (Figure 3), ``cells.png`` (seed 0's
-cells) and ``darts_alpha_vs_rank.png`` (edges where DARTS's α genotype and the minimum stable-rank
+``msr_vs_darts.csv`` (one row per seed and method), ``table1.csv`` (mean/std over seeds: test
+error, search cost in device-days, params), ``figure3_test_curves.png`` (Figure 3),
+``msr_vs_darts_cells.png`` (the first seed's cells) and ``darts_alpha_vs_rank.png`` (edges where DARTS's α genotype and the minimum stable-rank
 genotype of the same supernet differ, per epoch).
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run_msr_vs_darts(out_dir: str | Path, *, scale: str = "quick", seeds: Iterab
                          "genotype_text": found["genotype_text"], "run_dir": run_dir.name})
             curves[label].append(read_metrics(run_dir, seed=seed))
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    write_table(results, out / "results.csv", echo)
+    write_table(results, out / "msr_vs_darts.csv", echo)
     write_table(table1(results), out / "table1.csv", echo)
     _figures(out, scale, seeds[0], curves, echo)
     return results
@@ -83,10 +83,10 @@ def _figures(out: Path, scale: str, seed: int, curves: dict, echo: Echo) -> None
     runs = {label: pd.concat(frames, ignore_index=True) for label, frames in curves.items()}
     epochs = int(max(df["epoch"].max() for df in runs.values()))
     save(plot_test_curves(runs, start_epoch=test_start_epoch(scale, epochs)),
-         out / "test_curves.png", echo)
+         out / "figure3_test_curves.png", echo)
     genos = {f"{label} (seed {seed})": load_genotype(str(out / f"search-{m}-s{seed}"))
              for m, label in METHODS.items()}
-    save(plot_cells(genos), out / "cells.png", echo)
+    save(plot_cells(genos), out / "msr_vs_darts_cells.png", echo)
     records = read_jsonl(out / f"search-darts-s{seed}" / "genotypes.jsonl")
     if records and "genotype_rank_min" in records[0]:
         save(plot_rule_disagreement(records, ("genotype", "genotype_rank_min")),

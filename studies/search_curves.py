@@ -1,11 +1,11 @@
 """Figure 2 and the search's inside view: validation loss, stable ranks, the chosen cells.
 
 Per seed one MSR search (``search-msr-s<seed>``). Outputs in ``out_dir``, per seed (suffix
-``-s<seed>``): ``search_curves`` (Figure 2: validation loss per epoch, chosen epoch marked),
+``-s<seed>``): ``figure2_val_loss`` (Figure 2: validation loss per epoch, chosen epoch marked),
 ``stable_ranks_normal`` and ``stable_ranks_reduce`` (mean stable rank per op per epoch, and on
-how many edges each op is the minimum), ``cells`` (the chosen genotype, Figure 4 style) and
-``rule_disagreement`` (edges where the min and max stable-rank genotypes differ) as PNG; and
-``results.csv``: one row per seed and epoch (losses, accuracy, chosen flag, edges where min and max
+how many edges each op is the minimum), ``search_cells`` (the chosen genotype, Figure 4 style) and
+``search_disagreement`` (edges where the min and max stable-rank genotypes differ) as PNG; and
+``search_curves.csv``: one row per seed and epoch (losses, accuracy, chosen flag, edges where min and max
 differ, edges of the minimum genotype that changed since the previous epoch).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def run_search_curves(out_dir: str | Path, *, scale: str = "quick", seeds: Itera
         frames.append(epoch_table(run_dir, seed, summary["chosen_epoch"]))
         _figures(out, run_dir, seed, summary["chosen_epoch"], echo)
     results = pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
-    write_table(results, out / "results.csv", echo)
+    write_table(results, out / "search_curves.csv", echo)
     return results
 
 
@@ -60,13 +60,13 @@ def _figures(out: Path, run_dir: Path, seed: int, chosen: int, echo: Echo) -> No
     tag = f"s{seed}"
     metrics = pd.read_csv(run_dir / "metrics.csv")
     save(plot_search_curves(metrics, chosen, title=f"Search validation loss (seed {seed})"),
-         out / f"search_curves-{tag}.png", echo)
+         out / f"figure2_val_loss-{tag}.png", echo)
     ranks = pd.read_csv(run_dir / "stable_ranks.csv")
     for cell_type in ("normal", "reduce"):
         save(plot_stable_rank_evolution(ranks, cell_type), out / f"stable_ranks_{cell_type}-{tag}.png", echo)
     records = read_jsonl(run_dir / "genotypes.jsonl")
     chosen_record = records[chosen - 1]
     save(plot_cells({f"MSR-DARTS, epoch {chosen} (seed {seed})": chosen_record["genotype"]}),
-         out / f"cells-{tag}.png", echo)
+         out / f"search_cells-{tag}.png", echo)
     save(plot_rule_disagreement(records, ("genotype_min", "genotype_max")),
-         out / f"rule_disagreement-{tag}.png", echo)
+         out / f"search_disagreement-{tag}.png", echo)

@@ -114,7 +114,7 @@ def test_cells_study_depth_width_match_the_paper(tmp_path):
     assert (normal.loc["msr-darts", "depth"], normal.loc["msr-darts", "width"]) == (4, 2.5)
     for name in ("cells-msr-darts.png", "cells-darts-v2.png", "figure4.png"):
         assert_png(tmp_path / name)
-    assert list(pd.read_csv(tmp_path / "results.csv").columns)[:5] == \
+    assert list(pd.read_csv(tmp_path / "cells.csv").columns)[:5] == \
         ["genotype", "label", "cell_type", "depth", "width"]
 
 
@@ -149,8 +149,8 @@ def test_search_curves_tiny(study_dir):
     chosen = df.loc[df["chosen"], "epoch"].item()
     assert df.loc[df["chosen"], "val_loss"].item() == df["val_loss"].min()
     assert df["min_changed_normal"].iloc[0] == 0 and df["min_max_differ_normal"].between(0, 8).all()
-    for name in ("search_curves", "stable_ranks_normal", "stable_ranks_reduce", "cells",
-                 "rule_disagreement"):
+    for name in ("figure2_val_loss", "stable_ranks_normal", "stable_ranks_reduce", "search_cells",
+                 "search_disagreement"):
         assert_png(study_dir / f"{name}-s0.png")
     assert chosen in (1, 2)
 
@@ -164,9 +164,10 @@ def test_min_vs_max_tiny_and_resume(study_dir):
     assert list(df.columns) == RESULT_COLUMNS and df["rule"].tolist() == ["min", "max"]
     assert df["test_top1_err"].between(0, 100).all() and (df["params_m"] > 0).all()
     assert df["label"].tolist() == ["MSR-DARTS", "max stable rank"]
-    for name in ("test_curves.png", "cells.png", "rule_disagreement.png"):
+    for name in ("figure5_test_curves.png", "min_vs_max_cells.png", "min_vs_max_disagreement.png"):
         assert_png(study_dir / name)
-    summary = pd.read_csv(study_dir / "summary.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(study_dir / "min_vs_max.csv"), df, check_dtype=False)
+    summary = pd.read_csv(study_dir / "min_vs_max_summary.csv")
     assert summary["rule"].tolist() == ["min", "max"] and summary["seeds"].tolist() == [1, 1]
     msgs.clear()
     again = run_min_vs_max(study_dir, scale="tiny", seeds=[0], echo=msgs.append)
@@ -185,7 +186,7 @@ def test_msr_vs_darts_tiny(study_dir):
     t1 = table1(df)
     assert t1["label"].tolist() == ["MSR-DARTS", "DARTS"]
     assert list(pd.read_csv(study_dir / "table1.csv").columns) == list(t1.columns)
-    for name in ("test_curves.png", "cells.png", "darts_alpha_vs_rank.png"):
+    for name in ("figure3_test_curves.png", "msr_vs_darts_cells.png", "darts_alpha_vs_rank.png"):
         assert_png(study_dir / name)
 
 
