@@ -193,7 +193,7 @@ def test_rankscope_search_checkpoint_is_rebuilt(tmp_path):
     from rankscope.io import save_checkpoint
     from rankscope.supernet import SearchNetwork, SupernetConfig
 
-    cfg = SupernetConfig(C=4, layers=3, image_size=8)
+    cfg = SupernetConfig(C=4, layers=3, nodes=2, primitives=("dil_conv_3x3",), image_size=8)
     torch.manual_seed(0)
     net = SearchNetwork(cfg)
     path = tmp_path / "search.pt"
