@@ -78,8 +78,7 @@ def _run(specs: Sequence[LayerSpec], source: str, full: bool, n_iter: int,
     return AuditResult(table=make_table(rows), spectra=spectra, source=source, notes=list(notes),
                        backend=engine.spectra_backend().source,
                        seconds=time.perf_counter() - start,
-                       full_estimate_s=(est + time.perf_counter() - start) if estimate and not full
-                       else None)
+                       full_estimate_s=est if estimate and not full else None)
 
 
 def audit_module(model: nn.Module, input_shape: Sequence[int], *, full: bool = False,
