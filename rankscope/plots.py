@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from rankscope.genotype import Genotype, from_dict
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.figure import Figure
 
 # The paper's colours: MSR-DARTS orange solid, DARTS green dotted, maximum stable rank purple dotted.
 STYLES: dict[str, dict] = {

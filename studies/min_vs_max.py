@@ -51,7 +51,7 @@ def run_min_vs_max(out_dir: str | Path, *, scale: str = "quick", seeds: Iterable
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     write_table(results, out / "min_vs_max.csv", echo)
     write_table(summarize(results), out / "min_vs_max_summary.csv", echo)
-    _figures(out, scale, seeds[0], curves, echo)
+    _figures(out, seeds[0], curves, echo)
     return results
 
 
@@ -64,10 +64,10 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _figures(out: Path, scale: str, seed: int, curves: dict, echo: Echo) -> None:
+def _figures(out: Path, seed: int, curves: dict, echo: Echo) -> None:
     runs = {label: pd.concat(frames, ignore_index=True) for label, frames in curves.items()}
     epochs = int(max(df["epoch"].max() for df in runs.values()))
-    save(plot_test_curves(runs, start_epoch=test_start_epoch(scale, epochs)),
+    save(plot_test_curves(runs, start_epoch=test_start_epoch(epochs)),
          out / "figure5_test_curves.png", echo)
     search_dir = out / f"search-msr-s{seed}"
     genos = {f"{label} (seed {seed})": load_genotype(str(search_dir / f"genotype_{rule}.json"))

@@ -66,7 +66,7 @@ def run_msr_vs_darts(out_dir: str | Path, *, scale: str = "quick", seeds: Iterab
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     write_table(results, out / "msr_vs_darts.csv", echo)
     write_table(table1(results), out / "table1.csv", echo)
-    _figures(out, scale, seeds[0], curves, echo)
+    _figures(out, seeds[0], curves, echo)
     return results
 
 
@@ -79,10 +79,10 @@ def table1(results: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _figures(out: Path, scale: str, seed: int, curves: dict, echo: Echo) -> None:
+def _figures(out: Path, seed: int, curves: dict, echo: Echo) -> None:
     runs = {label: pd.concat(frames, ignore_index=True) for label, frames in curves.items()}
     epochs = int(max(df["epoch"].max() for df in runs.values()))
-    save(plot_test_curves(runs, start_epoch=test_start_epoch(scale, epochs)),
+    save(plot_test_curves(runs, start_epoch=test_start_epoch(epochs)),
          out / "figure3_test_curves.png", echo)
     genos = {f"{label} (seed {seed})": load_genotype(str(out / f"search-{m}-s{seed}"))
              for m, label in METHODS.items()}
