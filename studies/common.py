@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from rankscope.errors import ConfigError
+
 Echo = Callable[[str], None]
 SCALES = ("tiny", "quick", "paper")
 
@@ -48,7 +50,7 @@ SCALE_SETTINGS: dict[str, Scale] = {
 
 def scale_settings(scale: str) -> Scale:
     if scale not in SCALE_SETTINGS:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     return SCALE_SETTINGS[scale]
 
 
@@ -140,7 +142,7 @@ def prepare_out(out_dir: str | Path, seeds: Iterable[int]) -> tuple[Path, list[i
     """Create the study directory; seeds as a non-empty list of ints."""
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("at least one seed is needed")
+        raise ConfigError("at least one seed is needed")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out, seeds

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from rankscope.errors import ConfigError
 from rankscope.genotype import load_genotype
 from rankscope.plots import plot_cells, plot_rule_disagreement, plot_test_curves
 from studies.common import (Echo, ensure_search, ensure_train, prepare_out, read_jsonl, read_metrics,
@@ -45,7 +46,7 @@ def run_msr_vs_darts(out_dir: str | Path, *, scale: str = "quick", seeds: Iterab
     (e.g. ``{"space": "darts"}`` for the full eight-op space, ``{"order": "first"}``).
     """
     if not darts_available():
-        raise RuntimeError("the DARTS search method (rankscope/search/darts.py) is not installed")
+        raise ConfigError("the DARTS search method (rankscope/search/darts.py) is not installed")
     out, seeds = prepare_out(out_dir, seeds)
     rows, curves = [], {label: [] for label in METHODS.values()}
     for seed in seeds:
