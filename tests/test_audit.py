@@ -15,15 +15,6 @@ from rankscope.audit.metrics import plane_wave_start
 from rankscope.errors import CheckpointError, ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Dense LAPACK calls are pathologically slow with 2 threads on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Small(nn.Module):
     """Every conv flavour the audit must handle, on a 12x12 input."""
 

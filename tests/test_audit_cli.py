@@ -12,14 +12,6 @@ from torch import nn
 from cli.main import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _invoke(*args: str):
     cmd = main if "audit" in main.commands else None
     if cmd is None:  # pragma: no cover - until the group registers the command

@@ -26,15 +26,6 @@ TINY = dict(method="darts", data="digits", train_limit=64, epochs=1, batch_size=
             channels=4, crop_padding=1, flip=False, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a loaded 2-core machine are ~20x faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**kw):
     return resolve_config("quick", overrides={**TINY, **kw})
 

@@ -14,16 +14,6 @@ OPS4 = list(PRIMITIVES_MSR)
 EDGES = edge_list(4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared, oversubscribed CPU the
-    OpenMP workers' spin-waits make them ~20x slower (measured: 413 s vs 22 s for these files)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def avg_from(matrices: dict[str, np.ndarray], ops=OPS4) -> pd.DataFrame:
     """An average table from (14, K) matrices per cell type."""
     rows = [(t, e, i, j, op, float(m[e, k]))

@@ -18,16 +18,6 @@ from rankscope.specnorm import (ConvSpectralNorm, SpecNormConfig, apply_spectral
 from rankscope.supernet import SearchNetwork, SupernetConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared, oversubscribed CPU the
-    OpenMP workers' spin-waits make them ~20x slower (measured: 413 s vs 22 s for these files)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def zero_padded_norm(conv: nn.Conv2d, weight: torch.Tensor, size) -> float:
     """Exact ||conv||_2 with the conv's own zero padding, from the dense operator matrix."""
     A = dense_conv_operator(weight.detach().double(), size, stride=conv.stride, dilation=conv.dilation,

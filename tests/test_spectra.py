@@ -5,7 +5,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rankscope.spectra import (conv_frobenius_norm, conv_singular_values, conv_spectral_norm,
@@ -14,15 +13,6 @@ from rankscope.spectra import (conv_frobenius_norm, conv_singular_values, conv_s
                                separable_spectral_norm, stable_rank, zero_padded_spectral_norm)
 
 RTOL = 1e-6
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: MKL with 2 threads under contention is ~100× slower than 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _weight(c_out, c_in_g, kh, kw, seed=0, dtype=torch.float64):

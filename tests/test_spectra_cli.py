@@ -1,20 +1,10 @@
 """The ``spectrum`` click command, invoked directly (independent of the other CLI commands)."""
 from __future__ import annotations
 
-import pytest
 import torch
 from click.testing import CliRunner
 
 from cli.spectrum import spectrum
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Shared test machine: MKL with 2 threads under contention is ~100× slower than with 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(*args: str):

@@ -14,14 +14,6 @@ from rankscope.spectra import (conv_frobenius_norm, conv_singular_values, conv_s
                                power_iteration_fn, separable_singular_values, stable_rank,
                                zero_padded_spectral_norm)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: MKL with 2 threads under contention is ~100× slower than 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 LAYERS = [
     dict(c_in=4, c_out=6, k=3, stride=1, padding=1, dilation=1, groups=1),

@@ -6,21 +6,11 @@ import importlib.util
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from rankscope import plots
 from rankscope.genotype import PUBLISHED
 
 HAS_DARTS = importlib.util.find_spec("rankscope.search.darts") is not None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets run fastest on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def assert_png(path, min_bytes: int = 8000) -> None:

@@ -12,16 +12,6 @@ from rankscope.supernet import (MixedOp, SearchNetwork, SupernetConfig, cell_res
 NO_SN = SpecNormConfig(enabled=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared, oversubscribed CPU the
-    OpenMP workers' spin-waits make them ~20x slower (measured: 413 s vs 22 s for these files)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> SupernetConfig:
     base = dict(C=4, layers=3, image_size=8, specnorm=NO_SN)
     return SupernetConfig(**{**base, **kw})
