@@ -113,6 +113,21 @@ def test_rankscope_train_checkpoint_is_rebuilt(tmp_path):
     assert sizes == {"32", "16", "8"}  # reductions halve the resolution twice
 
 
+def test_train_checkpoint_uses_the_recorded_input_size(tmp_path):
+    """Regression: an 8x8 digits run was audited at the CIFAR default of 32x32."""
+    from rankscope.genotype import PUBLISHED
+    from rankscope.io import save_checkpoint
+    from rankscope.network import NetworkConfig, build_network
+
+    cfg = NetworkConfig(genotype=PUBLISHED["msr-darts"].to_dict(), C=4, layers=3, in_channels=1,
+                        auxiliary=False)
+    path = tmp_path / "digits.pt"
+    save_checkpoint(path, kind="train", state_dict=build_network(cfg).state_dict(), epoch=1,
+                    config={"network": dataclasses.asdict(cfg), "effective": {"input_shape": [1, 8, 8]}})
+    res = audit_checkpoint(path, estimate=False)
+    assert set(res.table.loc[res.table["kind"] == "conv2d", "input_size"]) == {"8", "4", "2"}
+
+
 def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
     marker = tmp_path / "PWNED"
     path = _save({"conv.weight": torch.randn(2, 2, 3, 3), "payload": Marker(str(marker))},

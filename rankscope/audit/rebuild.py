@@ -38,7 +38,9 @@ def rebuild_rankscope(payload: dict, input_size: int | None = None) -> Rebuilt:
     """Rebuild a rankscope checkpoint's network and load its state dict (strict)."""
     kind, config = payload.get("kind"), payload.get("config") or {}
     if kind == "train" and isinstance(config.get("network"), dict):
-        built = _build_train(config["network"], input_size)
+        # Runs record the real input (e.g. 8x8 digits); older records fall back to the dataset kind.
+        recorded = (config.get("effective") or {}).get("input_shape")
+        built = _build_train(config["network"], input_size or (recorded[-1] if recorded else None))
     elif kind == "search" and isinstance(config.get("supernet"), dict):
         built = _build_search(config["supernet"], input_size)
     else:

@@ -150,7 +150,8 @@ def _build(cfg: TrainConfig, out, env: D.DistEnv, device: torch.device, resume: 
     effective = {"world_size": env.world_size, "global_batch": global_batch(cfg, env),
                  "lr": ocfg.lr, "lr_min": ocfg.lr_min, "device": device.type,
                  "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                 "channels_last": channels_last}
+                 "channels_last": channels_last,
+                 "input_shape": [data.in_channels, data.image_size, data.image_size]}
     record = {**dataclasses.asdict(cfg), "network": dataclasses.asdict(netcfg), "effective": effective}
     # Created last, so that a bad genotype, dataset or option leaves no empty run directory behind.
     out = D.on_main(lambda: prepare_run_dir(out, resume=resume), env)
