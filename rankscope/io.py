@@ -94,6 +94,15 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, config: Any, state_di
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_error_detail(exc: BaseException) -> str:
+    """The useful line of a ``torch.load`` failure (torch's weights-only message is a paragraph)."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line[:160]
+
+
 def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict:
     """Load a rankscope checkpoint safely (``weights_only=True``), with one-line errors."""
@@ -103,8 +112,8 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, truncated file, or a pickle needing arbitrary code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load {path} as a rankscope checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"cannot load {path} as a rankscope checkpoint "
+                              f"({load_error_detail(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a rankscope checkpoint (no '{CHECKPOINT_FORMAT}' "
                               "marker); use `rankscope audit` for foreign checkpoints")
@@ -140,6 +149,22 @@ def read_config_file(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data.get("config", data) if "config" in data and isinstance(data["config"], dict) else data
+
+
+_RUN_MARKERS = {"search": "supernet", "train": "network"}  # the record each kind's config.json holds
+
+
+def read_run_config(run_dir: str | os.PathLike, kind: str) -> dict:
+    """A run directory's ``config.json``, checked to belong to a ``kind`` ("search"/"train") run."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: {run_dir} has no config.json (not a rankscope run directory)")
+    data = read_config_file(path)
+    if _RUN_MARKERS[kind] not in data:
+        other = next((k for k, m in _RUN_MARKERS.items() if m in data), None)
+        hint = f"it is a {other} run: use `rankscope {other} --resume`" if other else "unknown layout"
+        raise ConfigError(f"cannot resume {run_dir} as a {kind} run ({hint})")
+    return data
 
 
 def prepare_run_dir(path: str | os.PathLike, *, resume: bool = False) -> Path:

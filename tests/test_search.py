@@ -113,3 +113,22 @@ def test_real_cifar_subset_path():
         # 32x32 images, 3 cells: normal at 32, the two reductions' last convs at 16 and 8.
         assert sorted(ranks["resolution"].unique()) == [8, 16, 32]
         assert len(ranks) == 3 * 14 * 4
+
+
+def test_resume_refuses_foreign_run_dirs(tmp_path):
+    from rankscope.io import write_json
+
+    write_json(tmp_path / "config.json", {"network": {}, "epochs": 1})
+    with pytest.raises(ConfigError, match="it is a train run"):
+        run_search(None, tmp_path, resume=True, echo=_quiet)
+    with pytest.raises(ConfigError, match="no config.json"):
+        run_search(None, tmp_path / "sub", resume=True, echo=_quiet) if (tmp_path / "sub").mkdir() is None else None
+
+
+def test_corrupt_checkpoint_is_one_line_error(tmp_path):
+    from rankscope.errors import CheckpointError
+    from rankscope.io import load_checkpoint
+
+    (tmp_path / "c.pt").write_text("garbage")
+    with pytest.raises(CheckpointError, match=r"^cannot load .* \(Unsupported operand \d+\)$"):
+        load_checkpoint(tmp_path / "c.pt")

@@ -130,9 +130,9 @@ def _pickled_global(path: Path) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:160]
+    from rankscope.io import load_error_detail
+
+    return load_error_detail(exc)
 
 
 def _interpret(path: Path, obj: Any) -> LoadedSource:

@@ -23,8 +23,8 @@ from rankscope.engine import (OptimConfig, cross_entropy_loss, evaluate, lr_at, 
                               progress_printer, resolve_device, rng_state, seed_everything,
                               set_lr, set_rng_state, train_epoch)
 from rankscope.genotype import from_dict
-from rankscope.io import (atomic_write_text, load_checkpoint, prepare_run_dir, save_checkpoint,
-                          write_csv, write_json)
+from rankscope.io import (atomic_write_text, config_from_dict, load_checkpoint, prepare_run_dir,
+                          read_run_config, save_checkpoint, write_csv, write_json)
 from rankscope.ops import SEARCH_SPACES
 from rankscope.search.config import SearchConfig
 from rankscope.search.methods import SearchMethod, make_method
@@ -146,8 +146,7 @@ def run_search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, echo
     """
     out = prepare_run_dir(out, resume=resume)
     if resume:  # the run directory's config wins; explicit options must agree with it
-        from rankscope.io import read_config_file, config_from_dict
-        saved = read_config_file(out / "config.json")
+        saved = read_run_config(out, "search")
         cfg = config_from_dict(SearchConfig, {k: v for k, v in saved.items() if k != "supernet"})
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

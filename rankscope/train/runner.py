@@ -23,6 +23,7 @@ from rankscope.engine import (OptimConfig, cross_entropy_loss, evaluate, lr_at, 
                               progress_printer, resolve_device, set_lr, train_epoch)
 from rankscope.genotype import from_dict, load_genotype
 from rankscope.io import (config_from_dict, load_checkpoint, prepare_run_dir, read_config_file,
+                          read_run_config,
                           save_checkpoint, write_csv, write_json)
 from rankscope.network import NetworkConfig, build_network
 from rankscope.train import distributed as D
@@ -109,7 +110,7 @@ def run_train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
     """
     if resume:  # the run directory's config wins
         out = prepare_run_dir(out, resume=True)
-        cfg = config_from_dict(TrainConfig, config_fields(read_config_file(out / "config.json")))
+        cfg = config_from_dict(TrainConfig, config_fields(read_run_config(out, "train")))
     if cfg is None:
         raise ValueError("run_train needs a TrainConfig unless resume=True")
     device = resolve_device(cfg.device)
