@@ -121,8 +121,9 @@ def test_resume_refuses_foreign_run_dirs(tmp_path):
     write_json(tmp_path / "config.json", {"network": {}, "epochs": 1})
     with pytest.raises(ConfigError, match="it is a train run"):
         run_search(None, tmp_path, resume=True, echo=_quiet)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
-        run_search(None, tmp_path / "sub", resume=True, echo=_quiet) if (tmp_path / "sub").mkdir() is None else None
+        run_search(None, tmp_path / "empty", resume=True, echo=_quiet)
 
 
 def test_corrupt_checkpoint_is_one_line_error(tmp_path):
