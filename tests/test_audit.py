@@ -200,7 +200,7 @@ def test_compare_reports_per_layer_changes(small):
 
 
 def test_state_dict_geometry_with_layer_map_matches_resnet50_forward():
-    from rankscope.audit.benchmark import RESNET50_MAP
+    from rankscope.audit.resnet import RESNET50_MAP
     from rankscope.audit.layers import discover_module_layers
     from rankscope.audit.resnet import resnet50
 

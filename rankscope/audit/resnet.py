@@ -84,3 +84,9 @@ def resnet18(num_classes: int = 1000) -> ResNet:
 
 def resnet50(num_classes: int = 1000) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+# What a bare torchvision ResNet state dict does not say (for ``audit_checkpoint(layer_map=...)``):
+# the strided convs, and the stem's max-pool (invisible in the weights) halving the size before layer1.
+RESNET50_MAP = {"conv1": {"stride": 2}, "layer1.0.conv1": {"input_size": 56},
+                "layer[234].0.conv2": {"stride": 2}, "layer[234].0.downsample.0": {"stride": 2}}
