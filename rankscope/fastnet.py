@@ -10,8 +10,9 @@
 - channels-last activations (oneDNN's depthwise and 1x1 kernels are 2-5x faster in NHWC on CPU);
 - one ReLU per cell state, shared by every conv op of every edge leaving that state (the reference
   computes it once per op: 4 x edges times, and keeps each copy alive for the backward);
-- a depthwise conv whose input gradient is a forward conv with the flipped kernel (stride 1): the
-  backward kernels of dilated depthwise convs are ~10x slower than the forward ones on CPU.
+- a depthwise conv with a faster CPU backward (``_DepthwiseConv``): oneDNN's depthwise backward is
+  fast only for undilated, unstrided 3x3 kernels, so every other gradient is rewritten in terms of
+  forward convs and 3x3 weight-gradient pieces.
 
 Measured but not used (docs/performance.md): grouping the ops of an edge, or all edges leaving a
 node, into grouped depthwise / pointwise convs (grouped 1x1 convs are slower than separate ones in
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankscope.errors import ConfigError
 from rankscope.ops import DilConv, FactorizedReduce, Identity, SepConv, Zero
 from rankscope.specnorm_fast import SpecNormGroup, build_groups, normalised_weights
 from rankscope.supernet import SearchCell, SearchNetwork, SupernetConfig
@@ -40,29 +42,49 @@ def _aten_grads(grad, x, w, geom, mask):
                                                (0, 0), w.shape[0], (*mask, False))[:2]
 
 
-def _window_offsets(k: int) -> list[int]:
-    """Offsets of 3-wide windows covering taps 0..k-1 (k=5: 0 and 2; overlaps are harmless)."""
-    return list(range(0, k - 3, 3)) + [k - 3]
+def _window_offsets(taps: list[int], extent: int) -> list[int]:
+    """Starts of 3-wide windows covering every tap position (a window must fit in ``extent``)."""
+    out, covered = [], set()
+    for t in taps:
+        if t not in covered:
+            start = min(t, extent - 3)
+            out.append(start)
+            covered.update(range(start, start + 3))
+    return out
 
 
 def _weight_grad_3x3_pieces(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
-                            padding: tuple[int, int]) -> torch.Tensor:
-    """Weight gradient of a stride-1, undilated k x k depthwise conv as 3x3 pieces.
+                            padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """Weight gradient of a stride-1 depthwise conv assembled from undilated 3x3 pieces.
 
-    oneDNN has a fast depthwise weight-gradient kernel for 3x3 only (measured 0.2 ms vs 3.9 ms for
-    5x5 at B=32, C=16, 32x32): each 3x3 window of taps is the 3x3 weight gradient of the padded
-    input cropped at the window's offset.  grad (B, C, H, W), x (B, C, H, W) -> (C, 1, k, k).
+    oneDNN has a fast depthwise weight-gradient kernel for undilated 3x3 only (measured 0.2 ms vs
+    3.9 ms for 5x5 and 1.7 ms for dilated 3x3 at B=32, C=16, 32x32).  Tap (a, b) of the kernel sits
+    at (d*a, d*b) of the dense kernel; a 3x3 window of dense taps starting at (r, c) is the 3x3
+    weight gradient of the padded input cropped at (r, c).  grad, x (B, C, H, W) -> (C, 1, kh, kw).
     """
-    (kh, kw), (h, wd) = w.shape[-2:], grad.shape[-2:]
+    (kh, kw), (h, wd), (dh, dw) = w.shape[-2:], grad.shape[-2:], dilation
     xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    rows = [dh * a for a in range(kh)]
+    cols = [dw * b for b in range(kw)]
     out = w.new_empty(w.shape)
     w3 = w.new_empty(w.shape[0], 1, 3, 3)
-    for a in _window_offsets(kh):
-        for b in _window_offsets(kw):
-            crop = xp[:, :, a:a + h + 2, b:b + wd + 2].contiguous(memory_format=_format(x))
+    for r in _window_offsets(rows, dh * (kh - 1) + 1):
+        for c in _window_offsets(cols, dw * (kw - 1) + 1):
+            crop = xp[:, :, r:r + h + 2, c:c + wd + 2].contiguous(memory_format=_format(x))
             piece = _aten_grads(grad, crop, w3, ((1, 1), (0, 0), (1, 1)), (False, True))[1]
-            out[:, :, a:a + 3, b:b + 3] = piece
+            ia = [a for a in range(kh) if r <= dh * a < r + 3]
+            ib = [b for b in range(kw) if c <= dw * b < c + 3]
+            out[:, :, ia[0]:ia[-1] + 1, ib[0]:ib[-1] + 1] = \
+                piece[:, :, ia[0] * dh - r::dh, ib[0] * dw - c::dw][:, :, :len(ia), :len(ib)]
     return out
+
+
+def _zero_insert(grad: torch.Tensor, stride: tuple[int, int], size: torch.Size) -> torch.Tensor:
+    """The output gradient of a strided conv spread onto the input grid (zeros in between), so the
+    strided conv's gradients are those of the stride-1 conv: (B, C, h, w) -> (B, C, *size)."""
+    up = grad.new_zeros(*grad.shape[:2], *size).contiguous(memory_format=_format(grad))
+    up[:, :, ::stride[0], ::stride[1]] = grad
+    return up
 
 
 def _format(t: torch.Tensor) -> torch.memory_format:
@@ -70,12 +92,19 @@ def _format(t: torch.Tensor) -> torch.memory_format:
         and not t.is_contiguous() else torch.contiguous_format
 
 
+def _is_same(w: torch.Tensor, padding, dilation) -> bool:
+    """'same' padding: the stride-1 conv keeps the size and its adjoint is the flipped conv."""
+    return all(2 * p == d * (k - 1) for p, d, k in zip(padding, dilation, w.shape[-2:]))
+
+
 class _DepthwiseConv(torch.autograd.Function):
     """Depthwise conv with a faster backward on CPU (the forward is F.conv2d's).
 
-    Input gradient at stride 1: the forward conv with the flipped kernel (oneDNN's backward-data
-    kernel for dilated depthwise convs is ~10x slower than its forward).  Weight gradient of
-    undilated kernels larger than 3x3: 3x3 pieces (``_weight_grad_3x3_pieces``).
+    With 'same' padding a strided conv is the stride-1 conv subsampled, so its output gradient is
+    zero-inserted onto the input grid and the stride-1 rules apply: the input gradient is the
+    forward conv with the flipped kernel (oneDNN's backward-data kernel for dilated or strided
+    depthwise convs is ~10x slower than its forward), and the weight gradient is assembled from
+    undilated 3x3 pieces (``_weight_grad_3x3_pieces``).  Other geometries use ATen's backward.
     """
 
     @staticmethod
@@ -89,19 +118,19 @@ class _DepthwiseConv(torch.autograd.Function):
         x, w = ctx.saved_tensors
         stride, padding, dilation = geom = ctx.geom
         need_x, need_w = ctx.needs_input_grad[:2]
-        same = all(2 * p == d * (k - 1) for p, d, k in zip(padding, dilation, w.shape[-2:]))
-        unit = stride == (1, 1) and same
+        if not (_is_same(w, padding, dilation) and x.device.type == "cpu"
+                and min(w.shape[-2:]) >= 3):
+            gx, gw = _aten_grads(grad, x, w, geom, (need_x, need_w))
+            return gx, gw, None, None, None
+        if stride != (1, 1):
+            grad = _zero_insert(grad, stride, x.shape[-2:])
         grad_x = grad_w = None
-        if need_x and unit:  # the adjoint of a 'same' correlation: correlation with flipped kernel
+        if need_x:
             grad_x = F.conv2d(grad, w.flip(-2, -1), None, 1, padding, dilation, w.shape[0])
-        if need_w and unit and dilation == (1, 1) and max(w.shape[-2:]) > 3 \
-                and min(w.shape[-2:]) >= 3 and x.device.type == "cpu":
-            grad_w = _weight_grad_3x3_pieces(grad, x, w, padding)
-        mask = (need_x and grad_x is None, need_w and grad_w is None)
-        if any(mask):
-            gx, gw = _aten_grads(grad, x, w, geom, mask)
-            grad_x = gx if mask[0] else grad_x
-            grad_w = gw if mask[1] else grad_w
+        if need_w:
+            grad_w = (_aten_grads(grad, x, w, ((1, 1), padding, dilation), (False, True))[1]
+                      if w.shape[-2:] == (3, 3) and dilation == (1, 1)
+                      else _weight_grad_3x3_pieces(grad, x, w, padding, dilation))
         return grad_x, grad_w, None, None, None
 
 
@@ -180,12 +209,15 @@ class FastSearchNetwork(SearchNetwork):
     """``SearchNetwork`` with a faster forward (module docstring); same state_dict and outputs.
 
     ``channels_last``: NHWC activations (on by default; a win for oneDNN on CPU and for cuDNN with
-    AMP).  The spectral-norm groups are built lazily and rebuilt after ``_apply`` (``.to``).
+    AMP).  ``batched_specnorm``: the batched power iterations of ``rankscope.specnorm_fast`` (on by
+    default) or the reference's per-conv parametrizations (same numbers, slower).  The spectral-norm groups are built lazily and rebuilt after ``_apply`` (``.to``).
     """
 
-    def __init__(self, config: SupernetConfig | None = None, channels_last: bool = True):
+    def __init__(self, config: SupernetConfig | None = None, channels_last: bool = True,
+                 batched_specnorm: bool = True):
         super().__init__(config)
         self.channels_last = channels_last
+        self.batched_specnorm = batched_specnorm  # False: each conv's own parametrization runs
         self._sn_groups: list[SpecNormGroup] | None = None  # plain attribute: not in state_dict
 
     def _apply(self, fn, *args, **kwargs):
@@ -199,7 +231,10 @@ class FastSearchNetwork(SearchNetwork):
         return self._sn_groups
 
     def normalised_weights(self) -> Weights:
-        """``id(conv) -> weight`` used by this forward (updates power-iteration state if training)."""
+        """``id(conv) -> weight`` used by this forward (updates power-iteration state if training);
+        empty without batching, so every conv reads ``conv.weight`` (the reference parametrization)."""
+        if not self.batched_specnorm:
+            return {}
         return normalised_weights(self.spectral_norm_groups(), self.training)
 
     def forward(self, x: torch.Tensor, weights_normal: torch.Tensor | None = None,
@@ -221,15 +256,15 @@ def build_supernet(config: SupernetConfig, impl: str = "fast") -> SearchNetwork:
         return FastSearchNetwork(config)
     if impl == "reference":
         return SearchNetwork(config)
-    raise ValueError(f"supernet impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    raise ConfigError(f"supernet impl must be one of {', '.join(IMPLS)}, got {impl!r}")
 
 
 def convert(net: SearchNetwork, impl: str = "fast") -> SearchNetwork:
     """A copy of ``net`` as implementation ``impl`` with the same state (weights, BN, v, sigma)."""
-    out = build_supernet(net.config, impl)
-    out.load_state_dict(net.state_dict())
     param = next(net.parameters())
-    return out.to(device=param.device, dtype=param.dtype).train(net.training)
+    out = build_supernet(net.config, impl).to(device=param.device, dtype=param.dtype)
+    out.load_state_dict(net.state_dict())  # after the move: no precision lost on the way
+    return out.train(net.training)
 
 
 __all__: Sequence[str] = ("FastSearchNetwork", "build_supernet", "convert", "IMPLS", "depthwise")

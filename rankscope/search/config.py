@@ -41,6 +41,8 @@ class SearchConfig:
     sn_c: float = opt(1.0, "target spectral norm C")
     sn_iters: int = opt(5, "power iterations Z per training forward")
     sn_method: str = opt("power", "power | exact (FFT, circular padding)")
+    impl: str = opt("fast", "supernet implementation: fast (batched spectral norm, channels-last; "
+                            "same results) | reference (rankscope.supernet; docs/performance.md)")
     # optimisation
     epochs: int = opt(50, "training epochs of the supernet")
     batch_size: int = opt(128, "images per weight step")

@@ -19,6 +19,7 @@ import torch
 
 from rankscope import __version__
 from rankscope.data import AugmentConfig, TensorLoader, class_balanced_subset, load_arrays, split_train_val
+from rankscope.fastnet import build_supernet
 from rankscope.engine import (OptimConfig, cross_entropy_loss, evaluate, lr_at, make_sgd,
                               progress_printer, resolve_device, rng_state, seed_everything,
                               set_lr, set_rng_state, train_epoch)
@@ -151,7 +152,7 @@ def run_search(cfg: SearchConfig, out: str | Path, *, resume: bool = False, echo
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     arrays, train, val = build_loaders(cfg, device, None if resume else out)
-    net = SearchNetwork(supernet_config(cfg, arrays.channels, arrays.num_classes, arrays.image_size)).to(device)
+    net = build_supernet(supernet_config(cfg, arrays.channels, arrays.num_classes, arrays.image_size), cfg.impl).to(device)
     method = make_method(cfg, net, device, train=train, val=val)
     optimizer = make_sgd(net.parameters(), optim_config(cfg))  # weights only; a method owns its own
     method.bind_optimizer(optimizer)  # DARTS's unrolled step reads the momentum buffers
