@@ -17,7 +17,9 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from . import _fast
 from ._checks import ConvSpec, IntOrPair, Pair, check_circular_size, conv_spec
+from ._taps import build_matrices, layout, rfft_multiplicity
 
 WeightLike = Union[Tensor, nn.Conv2d]
 
@@ -27,38 +29,22 @@ def frequency_matrices(spec: ConvSpec, size: Pair) -> tuple[Tensor, Tensor]:
 
     Returns ``mats`` of shape (B, groups, F, c_out/groups, (c_in/groups)·sh·sw), complex, and
     ``mult`` of shape (F,), the number of times each frequency occurs in the full spectrum
-    (F = (n/sh)·(m/sw//2 + 1); Σ mult = (n/sh)·(m/sw)).
+    (F = (n/sh)·(m/sw//2 + 1); Σ mult = (n/sh)·(m/sw)). Built from the taps by one
+    (F × taps) @ (taps × entries) product (``_taps.build_matrices``); equal to the rfft2 of the
+    zero-padded polyphase kernel, without padding it to n×m. Differentiable in the weight.
     """
-    w = spec.weight  # (B, co, ci_g, kh, kw)
-    bsz, c_out, ci_g, kh, kw = w.shape
-    (n, m), (sh, sw), (dh, dw), g = size, spec.stride, spec.dilation, spec.groups
-    # Dilated kernel embedded in the n×m torus; tap (a, b) sits at (dh·a, dw·b).
-    grid = w.new_zeros(bsz, c_out, ci_g, n, m)
-    grid[..., : dh * (kh - 1) + 1 : dh, : dw * (kw - 1) + 1 : dw] = w
-    # Polyphase split: position i = q·s + r -> (q, r); r joins the input channels.
-    grid = grid.view(bsz, c_out, ci_g, n // sh, sh, m // sw, sw).permute(0, 1, 2, 4, 6, 3, 5)
-    spectrum = torch.fft.rfft2(grid)  # (B, co, ci_g, sh, sw, nq, mq//2+1)
-    nq, mh = spectrum.shape[-2:]
-    spectrum = spectrum.reshape(bsz, g, c_out // g, ci_g, sh, sw, nq, mh)
-    mats = spectrum.permute(0, 1, 6, 7, 2, 3, 4, 5).reshape(bsz, g, nq * mh, c_out // g, ci_g * sh * sw)
-    return mats, _rfft_multiplicity(nq, m // sw, w.device)
-
-
-def _rfft_multiplicity(rows: int, cols: int, device: torch.device) -> Tensor:
-    """How often each rfft2 frequency of a rows×cols grid occurs in the full spectrum, shape (F,).
-
-    Column 0 (and column cols/2 for even cols) is closed under ω -> -ω, so those frequencies are
-    already all present in the half-spectrum; every other column stands for itself and its mirror.
-    """
-    per_col = torch.full((cols // 2 + 1,), 2, dtype=torch.long, device=device)
-    per_col[0] = 1
-    if cols % 2 == 0:
-        per_col[-1] = 1
-    return per_col.repeat(rows)
+    lay = layout(spec, size)
+    mats = build_matrices(spec, lay)
+    mats = mats.view(spec.weight.shape[0], spec.groups, *mats.shape[1:])
+    return mats, rfft_multiplicity(lay.nq, lay.mq).to(spec.weight.device)
 
 
 def spectrum_from_matrices(mats: Tensor, mult: Tensor) -> Tensor:
-    """All singular values, (B, N) sorted descending, from per-frequency matrices (B, G, F, r, c)."""
+    """All singular values, (B, N) sorted descending, from per-frequency matrices (B, G, F, r, c).
+
+    The straightforward route (one batched ``svdvals``); differentiable. ``conv_singular_values``
+    uses it when gradients are needed, otherwise the faster ``_fast.all_singular_values``.
+    """
     sv = torch.linalg.svdvals(mats)  # (B, G, F, min(r, c)), real
     bsz, _, nfreq, _ = sv.shape
     sv = sv.permute(0, 2, 1, 3).reshape(bsz, nfreq, -1).repeat_interleave(mult, dim=1)
@@ -70,7 +56,8 @@ def largest_from_matrices(mats: Tensor) -> Tensor:
 
     Uses the top eigenvalue of the smaller Gram matrix (Hermitian eigvalsh): the largest eigenvalue
     has absolute error ~eps·σ_max², i.e. relative error ~eps on σ_max, at about half the cost of an
-    SVD (measured in benchmarks/spectra_bench.py).
+    SVD. The straightforward route; ``conv_spectral_norm`` uses the certified, faster
+    ``_fast.largest_singular_value``.
     """
     rows, cols = mats.shape[-2:]
     gram = mats @ mats.mH if rows <= cols else mats.mH @ mats
@@ -95,19 +82,26 @@ def conv_singular_values(weight: WeightLike, input_size: IntOrPair, *, stride: I
     ``weight``: (c_out, c_in/groups, kh, kw) tensor, a 5-D stack (B, ...) of same-shape weights
     (result (B, N)), or an ``nn.Conv2d`` whose stride/dilation/groups are used.
     ``input_size``: n or (n, m); the stride must divide it and the dilated kernel must fit in it.
+    Computed from the eigenvalues of the smaller Gram matrix per frequency, in float64, with
+    ``svdvals`` wherever squaring could cost more than 1e-7 relative accuracy (``_fast``); with
+    autograd on, by ``svdvals`` of every frequency matrix (differentiable).
     """
     spec = conv_spec(weight, stride, dilation, groups, allow_batch=True)
-    mats, mult = frequency_matrices(spec, check_circular_size(spec, input_size))
-    return _finish(spectrum_from_matrices(mats, mult), spec)
+    size = check_circular_size(spec, input_size)
+    if torch.is_grad_enabled() and spec.weight.requires_grad:
+        mats, mult = frequency_matrices(spec, size)
+        return _finish(spectrum_from_matrices(mats, mult), spec)
+    return _finish(_fast.all_singular_values(spec, size), spec)
 
 
 def conv_spectral_norm(weight: WeightLike, input_size: IntOrPair, *, stride: IntOrPair | None = None,
                        dilation: IntOrPair | None = None, groups: int | None = None) -> Tensor:
     """Largest singular value ‖A‖₂ of the circularly padded conv operator (see conv_singular_values).
 
-    Computed per frequency from the top eigenvalue of the smaller Gram matrix, without a full SVD
-    (Sedghi et al. 2019). Returns a 0-dim tensor, or shape (B,) for a 5-D stack of weights.
+    Computed from the top eigenvalues of the per-frequency Gram matrices (Sedghi et al. 2019), only
+    where a Cholesky certificate cannot rule a frequency out (``_fast.largest_singular_value``;
+    exact to ~1e-10 relative in float64). Differentiable: with autograd on, the value is recomputed
+    at the maximising frequency. Returns a 0-dim tensor, or shape (B,) for a 5-D stack of weights.
     """
     spec = conv_spec(weight, stride, dilation, groups, allow_batch=True)
-    mats, _ = frequency_matrices(spec, check_circular_size(spec, input_size))
-    return _finish(largest_from_matrices(mats), spec)
+    return _finish(_fast.largest_singular_value(spec, check_circular_size(spec, input_size)), spec)

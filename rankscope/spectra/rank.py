@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ._checks import ConvSpec, IntOrPair, Pair, PaddingSpec, as_pair, check_circular_size
 from ._checks import check_weight, conv_spec, zero_output_size, zero_padding_amount
-from .fourier import frequency_matrices, largest_from_matrices
+from ._fast import largest_singular_value
 from .norms import frobenius_sq, resolve_padding, tap_counts, zero_padded_spectral_norm
 from .power import power_iteration_fn
 
@@ -118,8 +118,8 @@ def conv_stable_rank(weight: WeightLike, input_size: IntOrPair, *, stride: IntOr
         if spec.kernel == (1, 1):
             value = _one_by_one(spec, size, padding)
         elif padding == "circular":
-            mats, _ = frequency_matrices(spec, check_circular_size(spec, size))
-            value = _ratio(frobenius_sq(spec, size, padding), largest_from_matrices(mats).square())
+            top = largest_singular_value(spec, check_circular_size(spec, size))
+            value = _ratio(frobenius_sq(spec, size, padding), top.square())
         else:
             top = _zero_padded_top(spec, size, padding, method, n_iter, generator)
             value = _ratio(frobenius_sq(spec, size, padding), top.square())

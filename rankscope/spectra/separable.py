@@ -7,7 +7,6 @@ applied to a composition of two convs that share the DFT basis).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._checks import IntOrPair, check_circular_size, check_weight, conv_spec
