@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankscope.depthwise import depthwise_adjoint, depthwise_geom, is_same
 from rankscope.specnorm import ConvSpectralNorm, circular_size, spectral_norm_modules
 
 _EPS = 1e-12  # the reference's clamp of sigma and of vector norms
@@ -62,10 +63,18 @@ def build_groups(net: nn.Module) -> list[SpecNormGroup]:
 
 
 # -- batched operator and adjoint ------------------------------------------------------------------
+def _fast_depthwise(g: ConvSpectralNorm, w: torch.Tensor) -> bool:
+    """Depthwise with 'same' padding: the batched operator is one wider depthwise conv whose
+    adjoint is a flipped forward conv (``rankscope.depthwise``)."""
+    return w.shape[2] == 1 and g.groups == w.shape[1] and is_same(w[0], g.padding, g.dilation)
+
+
 def _op(g: ConvSpectralNorm, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """A v for every member. Matrix: v (N, C_in) -> (N, C_out); operator: (1, N*C_in, H, W) -> ..."""
     if g.matrix:
         return torch.bmm(w.flatten(2), v.unsqueeze(-1)).squeeze(-1)
+    if _fast_depthwise(g, w):
+        return depthwise_geom(v, w.flatten(0, 1), g.stride, g.padding, g.dilation)
     n = w.shape[0]
     return F.conv2d(v, w.flatten(0, 1), None, g.stride, g.padding, g.dilation, g.groups * n)
 
@@ -74,6 +83,8 @@ def _op_t(g: ConvSpectralNorm, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor
     """A^T u for every member (conv_transpose2d weight layout equals conv2d's: (in, out/g, k, k))."""
     if g.matrix:
         return torch.bmm(w.flatten(2).transpose(1, 2), u.unsqueeze(-1)).squeeze(-1)
+    if _fast_depthwise(g, w):
+        return depthwise_adjoint(u, w.flatten(0, 1), g.stride, g.padding, g.dilation, g.input_size)
     n = w.shape[0]
     return F.conv_transpose2d(u, w.flatten(0, 1), None, g.stride, g.padding, g.output_padding,
                               g.groups * n, g.dilation)
@@ -93,7 +104,10 @@ def _unit(t: torch.Tensor, n: int) -> torch.Tensor:
 def _stack_v(g: SpecNormGroup) -> torch.Tensor:
     """The members' vectors as the group's iterate: (N, C_in) or (1, N*C_in, H, W)."""
     vs = [sn.v for _, sn in g.members]  # each (C_in,) or (1, C_in, H, W)
-    return torch.stack(vs) if g.head.matrix else torch.cat(vs, dim=1)
+    if g.head.matrix:
+        return torch.stack(vs)
+    # Channels-last: oneDNN's depthwise kernels are several times faster in NHWC.
+    return torch.cat(vs, dim=1).contiguous(memory_format=torch.channels_last)
 
 
 def power_sigma(g: SpecNormGroup, w: torch.Tensor, n_iter: int, warm: bool) -> torch.Tensor:

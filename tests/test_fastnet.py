@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from rankscope.errors import ConfigError
-from rankscope.fastnet import FastSearchNetwork, _DepthwiseConv, build_supernet, convert
+from rankscope.depthwise import _DepthwiseConv
+from rankscope.fastnet import FastSearchNetwork, build_supernet, convert
 from rankscope.ops import PRIMITIVES_DARTS, PRIMITIVES_MSR
 from rankscope.specnorm import SpecNormConfig, spectral_norm_modules
 from rankscope.specnorm_fast import build_groups, normalised_weights
