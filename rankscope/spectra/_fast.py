@@ -20,15 +20,16 @@ The result is within τ/2 (plus rounding) of σ₁, relative.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
+from typing import Iterator, Union
 
 import torch
 from torch import Tensor
 
 from . import _lapack
 from ._checks import ConvSpec, Pair
-from ._taps import GramSeries, Layout, build_matrices, gram_matrices, gram_series, gram_traces, layout
-from ._taps import rfft_multiplicity
+from ._taps import DirectGram, GramSeries, Layout, build_matrices, gram_source, layout, rfft_multiplicity
+
+GramSource = Union[GramSeries, DirectGram]
 
 CHUNK_BYTES = 32 * 2 ** 20          # Gram matrices assembled per LAPACK call
 CACHE_BYTES = 256 * 2 ** 20         # σ₁: keep all Gram matrices of a weight when they fit
@@ -46,9 +47,9 @@ def _chunks(total: int, dim: int, budget: int = CHUNK_BYTES) -> Iterator[slice]:
         yield slice(start, min(start + step, total))
 
 
-def _guarded_values(spec: ConvSpec, lay: Layout, gs: GramSeries, item: int, freq: Tensor) -> Tensor:
+def _guarded_values(spec: ConvSpec, lay: Layout, gs: GramSource, item: int, freq: Tensor) -> Tensor:
     """σ (descending) of M(f) for ``freq`` of one (batch, group) item: Gram route + svdvals guard."""
-    lam = _lapack.eigvalsh(gram_matrices(gs, lay, freq, item)).flip(-1)  # (F', d) descending
+    lam = _lapack.eigvalsh(gs.matrices(lay, freq, item)).flip(-1)  # (F', d) descending
     top = lam[:, :1].clamp_min(torch.finfo(lam.dtype).tiny)
     predicted = torch.finfo(lam.dtype).eps * gs.dim * top / (2 * lam[:, -1:])
     risky = ((lam[:, -1:] <= 0) | (predicted > GUARD_RTOL)).squeeze(-1)
@@ -71,7 +72,7 @@ def all_singular_values(spec: ConvSpec, size: Pair) -> Tensor:
             sv = _lapack.svdvals(build_matrices(spec64, lay, torch.zeros(1, dtype=torch.long)))
             sv = sv.expand(-1, lay.n_freq, -1)  # (BG, F, d)
         else:
-            gs = gram_series(spec64, lay)
+            gs = gram_source(spec64, lay)
             sv = torch.empty(bsz * groups, lay.n_freq, gs.dim, dtype=torch.float64)
             for item in range(bsz * groups):
                 for part in _chunks(lay.n_freq, gs.dim):
@@ -86,18 +87,18 @@ class _Grams:
     from lo): assembled once and kept when they fit in CACHE_BYTES, else assembled per chunk.
     Negated so that the Cholesky test of level·I − G needs one copy and a diagonal shift."""
 
-    def __init__(self, gs: GramSeries, lay: Layout, lo: int, n_items: int):
+    def __init__(self, gs: GramSource, lay: Layout, lo: int, n_items: int):
         self.gs, self.lay, self.lo = gs, lay, lo
-        size = n_items * lay.n_freq * gs.dim ** 2 * 2 * gs.coef.element_size()
+        size = n_items * lay.n_freq * gs.dim ** 2 * 2 * gs.itemsize
         everything = torch.arange(lay.n_freq)
-        self.cache = ([gram_matrices(gs, lay, everything, lo + i, sign=-1.0) for i in range(n_items)]
+        self.cache = ([gs.matrices(lay, everything, lo + i, sign=-1.0) for i in range(n_items)]
                       if size <= CACHE_BYTES else None)
 
     def get(self, flat: Tensor, fresh: bool = False) -> Tensor:
         """−G for flat indices that all belong to one item; a view unless ``fresh``."""
         item, freq = int(flat[0]) // self.lay.n_freq, flat % self.lay.n_freq
         if self.cache is None:
-            return gram_matrices(self.gs, self.lay, freq, self.lo + item, sign=-1.0)
+            return self.gs.matrices(self.lay, freq, self.lo + item, sign=-1.0)
         first = int(freq[0])
         if not fresh and bool((freq == torch.arange(first, first + len(freq))).all()):
             return self.cache[item][first:first + len(freq)]
@@ -168,12 +169,12 @@ def _certified_top(grams: _Grams, traces: Tensor, tau: float) -> tuple[float, in
     return best, grams.lo + arg // n_freq, arg % n_freq
 
 
-def _small_top(gs: GramSeries, lay: Layout, lo: int, hi: int, n_freq: int) -> tuple[float, int, int]:
+def _small_top(gs: GramSource, lay: Layout, lo: int, hi: int, n_freq: int) -> tuple[float, int, int]:
     """max λ_max(G(f)) over the first n_freq frequencies of items [lo, hi), by eigvalsh."""
     best, arg = -1.0, (lo, 0)
     for item in range(lo, hi):
         for part in _chunks(n_freq, gs.dim):
-            top = _lapack.eigvalsh(gram_matrices(gs, lay, torch.arange(n_freq)[part], item))[:, -1]
+            top = _lapack.eigvalsh(gs.matrices(lay, torch.arange(n_freq)[part], item))[:, -1]
             if float(top.max()) > best:
                 best, arg = float(top.max()), (item, part.start + int(top.argmax()))
     return best, arg[0], arg[1]
@@ -189,9 +190,9 @@ def largest_singular_value(spec: ConvSpec, size: Pair) -> Tensor:
     weight = spec.weight
     bsz, groups = weight.shape[0], spec.groups
     with _lapack.single_threaded():
-        gs = gram_series(replace(spec, weight=weight.detach()), lay)
+        gs = gram_source(replace(spec, weight=weight.detach()), lay)
         large = bsz * groups * lay.n_freq * gs.dim ** 3 > SMALL_WORK and len(lay.qh) > 1
-        traces = gram_traces(gs, lay) if large else None
+        traces = gs.traces(lay) if large else None
         tops, where = [], []
         for b in range(bsz):
             lo, hi = b * groups, (b + 1) * groups

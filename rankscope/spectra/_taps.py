@@ -143,6 +143,46 @@ class GramSeries:
     dim: int       # d, the order of each Gram matrix
     left: bool     # True: M Mᴴ (d = c_out/G); False: MᴴM (d = s²·c_in/G)
 
+    @property
+    def itemsize(self) -> int:
+        return self.coef.element_size()
+
+    def matrices(self, lay: Layout, freq: Tensor, item: Optional[int] = None, sign: float = 1.0) -> Tensor:
+        return gram_matrices(self, lay, freq, item, sign)
+
+    def traces(self, lay: Layout) -> Tensor:
+        return gram_traces(self, lay)
+
+
+class DirectGram:
+    """G(f) = M(f)M(f)ᴴ (or M(f)ᴴM(f)) from the frequency matrices themselves, with the same
+    interface as ``GramSeries``: cheaper when the kernel has many tap pairs but the grid has few
+    frequencies (e.g. 5×5 kernels on 8×8 inputs). The weight must not need gradients."""
+
+    def __init__(self, spec: ConvSpec, left: bool, dim: int):
+        self.spec, self.left, self.dim = spec, left, dim
+        self.itemsize = spec.weight.element_size()
+
+    def matrices(self, lay: Layout, freq: Tensor, item: Optional[int] = None, sign: float = 1.0) -> Tensor:
+        mats = build_matrices(self.spec, lay, freq, item)
+        gram = mats @ mats.mH if self.left else mats.mH @ mats
+        gram = gram if item is None else gram[0]
+        return gram if sign == 1.0 else gram.neg_()
+
+    def traces(self, lay: Layout) -> Tensor:
+        return build_matrices(self.spec, lay).abs().square().sum(dim=(-1, -2))
+
+
+def gram_source(spec: ConvSpec, lay: Layout):
+    """The cheaper of ``gram_series`` and ``DirectGram`` for the smaller-side Gram, by flop count:
+    Σ_pairs 2·d²·inner (real) for the series vs F·8·d²·inner (complex) per frequency."""
+    co_g, ci_g = spec.weight.shape[1] // spec.groups, spec.weight.shape[2]
+    left = co_g <= ci_g * lay.slots
+    dim, inner = (co_g, ci_g) if left else (ci_g * lay.slots, co_g)
+    series = sum(len(js) for _, js, _ in _pairs(lay, left)) * 2 * dim * dim * inner
+    direct = lay.n_freq * 8 * dim * dim * (ci_g * lay.slots if left else co_g)
+    return DirectGram(spec, left, dim) if direct < series else gram_series(spec, lay, left)
+
 
 def _pairs(lay: Layout, left: bool) -> list[tuple[tuple[int, int], list[int], list[int]]]:
     """Tap pairs (j, k) grouped by offset Δ = q_j − q_k ≥ 0 (lexicographic); left: equal slots."""
