@@ -10,7 +10,7 @@
 - channels-last activations (oneDNN's depthwise and 1x1 kernels are 2-5x faster in NHWC on CPU);
 - one ReLU per cell state, shared by every conv op of every edge leaving that state (the reference
   computes it once per op: 4 x edges times, and keeps each copy alive for the backward);
-- a depthwise conv with a faster CPU backward (``_DepthwiseConv``): oneDNN's depthwise backward is
+- a depthwise conv with a faster CPU backward (``rankscope.depthwise``): oneDNN's depthwise backward is
   fast only for undilated, unstrided 3x3 kernels, so every other gradient is rewritten in terms of
   forward convs and 3x3 weight-gradient pieces.
 
@@ -89,7 +89,7 @@ def cell_forward(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
     rectified: list[torch.Tensor | None] = [None] * (cell.nodes + 2)
     e = 0
     for j in range(cell.nodes):
-        total = None
+        total, zero = None, None
         for i in range(j + 2):
             if rectified[i] is None:
                 rectified[i] = torch.relu(states[i])
@@ -97,8 +97,10 @@ def cell_forward(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
                 y = op_forward(op, states[i], rectified[i], weights)
                 if y is not None:
                     total = _accumulate(total, y, None if mix is None else mix[e, k])
+                else:  # a skipped 'none' op: remember it in case no other op contributes
+                    zero = (op, states[i])
             e += 1
-        states.append(total if total is not None else states[0].new_zeros(()))
+        states.append(total if total is not None else zero[0](zero[1]))
     return torch.cat(states[2:], dim=1)
 
 
@@ -107,7 +109,8 @@ class FastSearchNetwork(SearchNetwork):
 
     ``channels_last``: NHWC activations (on by default; a win for oneDNN on CPU and for cuDNN with
     AMP).  ``batched_specnorm``: the batched power iterations of ``rankscope.specnorm_fast`` (on by
-    default) or the reference's per-conv parametrizations (same numbers, slower).  The spectral-norm groups are built lazily and rebuilt after ``_apply`` (``.to``).
+    default) or the reference's per-conv parametrizations (same numbers, slower).  The spectral-norm
+    groups are built lazily and rebuilt after ``_apply`` (``.to``).
     """
 
     def __init__(self, config: SupernetConfig | None = None, channels_last: bool = True,
