@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rankscope.spectra import conv_spectral_norm, power_iteration_fn, zero_padded_spectral_norm

@@ -191,6 +191,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device a run used (for summaries and search-cost records)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def progress_printer(label: str, total: int, echo: Callable[[str], None],
                      every_seconds: float = 10.0) -> Callable[[int, dict], None]:
     """A progress callback that prints at most every ``every_seconds`` (long epochs stay visible)."""

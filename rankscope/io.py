@@ -122,6 +122,11 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,
     return ckpt
 
 
+def opt(default: Any, help: str) -> Any:
+    """A config dataclass field carrying the help text of its command-line option."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def config_from_dict(cls: type, values: dict) -> Any:
     """Build frozen dataclass ``cls`` from a dict, refusing unknown keys (no silent typos)."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -6,16 +6,11 @@ Resolution order: preset, then a JSON config file, then command-line options.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rankscope.errors import ConfigError
-from rankscope.io import config_from_dict, read_config_file
+from rankscope.io import config_from_dict, opt, read_config_file
 from rankscope.ops import SEARCH_SPACES
-
-
-def opt(default, help: str):
-    """A config field with the help text its command-line option shows."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)

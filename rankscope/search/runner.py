@@ -20,7 +20,7 @@ import torch
 from rankscope import __version__
 from rankscope.data import AugmentConfig, TensorLoader, class_balanced_subset, load_arrays, split_train_val
 from rankscope.fastnet import build_supernet
-from rankscope.engine import (OptimConfig, cross_entropy_loss, evaluate, lr_at, make_sgd,
+from rankscope.engine import (OptimConfig, cross_entropy_loss, device_name, evaluate, lr_at, make_sgd,
                               progress_printer, resolve_device, rng_state, seed_everything,
                               set_lr, set_rng_state, train_epoch)
 from rankscope.genotype import from_dict
@@ -215,20 +215,13 @@ def _finish(cfg: SearchConfig, out: Path, state: SearchState, device: torch.devi
         "choose": cfg.choose, "genotype": record["genotype"],
         "genotype_text": from_dict(record["genotype"]).to_darts_text(),
         "final_metrics": state.metrics[-1], "search_seconds": state.seconds,
-        "device": str(device), "device_name": _device_name(device),
+        "device": str(device), "device_name": device_name(device),
         "device_hours": state.seconds / 3600.0, "device_days": state.seconds / 86400.0,
     }
     write_json(out / "summary.json", summary)
     echo(f"chose epoch {chosen} ({cfg.choose}); genotype written to {out / 'genotype.json'}")
     echo(summary["genotype_text"])
     return summary
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-    return platform.processor() or platform.machine()
 
 
 __all__ = ["run_search", "choose_epoch", "build_loaders", "supernet_config", "SimulatedKill",

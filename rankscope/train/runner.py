@@ -8,7 +8,6 @@ Run directory (rank 0 writes, all atomically): ``config.json`` (resolved config 
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from rankscope import __version__
 from rankscope.complexity import count_multiply_adds, count_parameters
 from rankscope.data import derive_seed
-from rankscope.engine import (OptimConfig, cross_entropy_loss, evaluate, lr_at, make_sgd,
+from rankscope.engine import (OptimConfig, cross_entropy_loss, device_name, evaluate, lr_at, make_sgd,
                               progress_printer, resolve_device, set_lr, train_epoch)
 from rankscope.genotype import from_dict, load_genotype
 from rankscope.io import (config_from_dict, load_checkpoint, prepare_run_dir, read_config_file,
@@ -294,7 +293,7 @@ def _finish(run: Run, state: TrainState) -> dict:
         "image_size": data.image_size,
         "wall_seconds": state.seconds, "device_hours": state.seconds / 3600.0,
         "img_per_s": data.n_train * len(state.metrics) / max(train_s, 1e-9),
-        "device": str(run.device), "device_name": _device_name(run.device),
+        "device": str(run.device), "device_name": device_name(run.device),
         "world_size": run.env.world_size,
     }
     summary["multiply_adds_m"] = summary["multiply_adds"] / 1e6
@@ -304,12 +303,6 @@ def _finish(run: Run, state: TrainState) -> dict:
              f"{summary['params_m']:.3f} M params, {summary['multiply_adds_m']:.1f} M multiply-adds; "
              f"summary in {run.out / 'summary.json'}")
     return summary
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
 
 
 __all__ = ["run_train", "SimulatedKill", "TrainState", "optim_config", "network_config",
