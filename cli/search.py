@@ -11,7 +11,8 @@ from rankscope.search.config import PRESETS, SearchConfig
 
 @click.command()
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
-              help="Base settings: quick (CPU, minutes, embedded digits) or paper (GPU, CIFAR-10).")
+              help="Base settings: quick (CPU, minutes, embedded digits), paper (MSR-DARTS on CIFAR-10, "
+                   "a GPU job), darts-quick, darts-paper (the DARTS baseline); see docs/search.md.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON file of config fields (e.g. an earlier run's config.json).")
 @click.option("--out", type=click.Path(file_okay=False),
