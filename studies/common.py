@@ -78,30 +78,29 @@ def _state(run_dir: Path) -> str:
     return "resume" if (run_dir / "checkpoint.pt").is_file() else "new"
 
 
-def ensure_search(cfg, run_dir: Path, echo: Echo) -> dict:
-    """Run, resume or skip one search; returns its summary."""
-    from rankscope.search.runner import run_search
-
+def _ensure(run, cfg, run_dir: Path, verb: str, echo: Echo) -> dict:
+    """Run (``verb`` names it), resume or skip one sub-run; returns its summary."""
     state = _state(run_dir)
     if state == "done":
         echo(f"[study] {run_dir.name}: finished, skipped")
         return read_json(run_dir / "summary.json")
-    echo(f"[study] {run_dir.name}: {'resuming' if state == 'resume' else 'searching'}")
-    return run_search(None if state == "resume" else cfg, run_dir, resume=state == "resume",
-                      echo=_prefixed(echo, run_dir.name))
+    echo(f"[study] {run_dir.name}: {'resuming' if state == 'resume' else verb}")
+    return run(None if state == "resume" else cfg, run_dir, resume=state == "resume",
+               echo=_prefixed(echo, run_dir.name))
+
+
+def ensure_search(cfg, run_dir: Path, echo: Echo) -> dict:
+    """Run, resume or skip one search; returns its summary."""
+    from rankscope.search.runner import run_search
+
+    return _ensure(run_search, cfg, run_dir, "searching", echo)
 
 
 def ensure_train(cfg, run_dir: Path, echo: Echo) -> dict:
     """Run, resume or skip one training; returns its summary."""
     from rankscope.train.runner import run_train
 
-    state = _state(run_dir)
-    if state == "done":
-        echo(f"[study] {run_dir.name}: finished, skipped")
-        return read_json(run_dir / "summary.json")
-    echo(f"[study] {run_dir.name}: {'resuming' if state == 'resume' else 'training'}")
-    return run_train(None if state == "resume" else cfg, run_dir, resume=state == "resume",
-                     echo=_prefixed(echo, run_dir.name))
+    return _ensure(run_train, cfg, run_dir, "training", echo)
 
 
 def _prefixed(echo: Echo, name: str) -> Echo:
