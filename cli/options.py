@@ -34,3 +34,15 @@ def overrides(cls: type, kwargs: dict) -> dict:
     """The config fields the user set on the command line."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in kwargs.items() if k in names and v is not None}
+
+
+def run_options(kind: str) -> Callable:
+    """``--config``, ``--out`` and ``--resume``, shared by the commands that write a run directory."""
+    def decorate(fn: Callable) -> Callable:
+        fn = click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+                          help="Continue the run in this directory from its last checkpoint.")(fn)
+        fn = click.option("--out", type=click.Path(file_okay=False),
+                          help=f"Run directory [default: runs/{kind}-<time>].")(fn)
+        return click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                            help="JSON file of config fields (e.g. an earlier run's config.json).")(fn)
+    return decorate

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from cli.options import config_options, overrides
+from cli.options import config_options, overrides, run_options
 from rankscope.search.config import PRESETS, SearchConfig
 
 
@@ -13,12 +13,7 @@ from rankscope.search.config import PRESETS, SearchConfig
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
               help="Base settings: quick (CPU, minutes, embedded digits), paper (MSR-DARTS on CIFAR-10, "
                    "a GPU job), darts-quick, darts-paper (the DARTS baseline); see docs/search.md.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="JSON file of config fields (e.g. an earlier run's config.json).")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Run directory [default: runs/search-<time>].")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this directory from its last checkpoint.")
+@run_options("search")
 @config_options(SearchConfig)
 def search(preset: str, config_file: str | None, out: str | None, resume_dir: str | None, **kwargs) -> None:
     """Search a cell architecture; writes config.json, metrics.csv, stable_ranks.csv,

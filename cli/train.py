@@ -5,7 +5,7 @@ import time
 
 import click
 
-from cli.options import config_options, overrides
+from cli.options import config_options, overrides, run_options
 from rankscope.train.config import PRESETS, TrainConfig
 
 
@@ -13,12 +13,7 @@ from rankscope.train.config import PRESETS, TrainConfig
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
               help="Base settings: quick (CPU, minutes, digits), cifar-paper, cifar-toy (8 cells), "
                    "imagenet-paper (see docs/train.md).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="JSON file of config fields (e.g. an earlier run's config.json).")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Run directory [default: runs/train-<time>].")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this directory from its last checkpoint.")
+@run_options("train")
 @config_options(TrainConfig)
 def train(preset: str, config_file: str | None, out: str | None, resume_dir: str | None, **kwargs) -> None:
     """Train a cell architecture from scratch; writes config.json, metrics.csv, checkpoint.pt,

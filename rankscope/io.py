@@ -143,16 +143,22 @@ def config_from_dict(cls: type, values: dict) -> Any:
     return cls(**kwargs)
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
-    """Read a JSON config file (e.g. a run directory's ``config.json``) as a dict."""
+def read_json_object(path: str | os.PathLike, what: str = "config file") -> dict:
+    """A JSON file that must hold an object; one-line ConfigErrors naming ``what`` it is."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return data
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a JSON config file (e.g. a run directory's ``config.json``) as a dict."""
+    data = read_json_object(path)
     return data.get("config", data) if "config" in data and isinstance(data["config"], dict) else data
 
 

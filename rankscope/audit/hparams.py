@@ -12,7 +12,6 @@ The first matching entry wins for each field (exact names are tried before patte
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,9 @@ def parse_layer_map(spec: str | None) -> LayerMap:
 
 
 def _from_json(path: Path) -> LayerMap:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--stride-map file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--stride-map file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--stride-map file {path} must hold a JSON object of layer names")
+    from rankscope.io import read_json_object
+
+    data = read_json_object(path, "--stride-map file")
     return {str(k): _entry(str(k), v) for k, v in data.items()}
 
 
